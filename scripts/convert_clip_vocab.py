@@ -3,7 +3,7 @@
 open-clip-torch ships `bpe_simple_vocab_16e6.txt.gz`, the byte-level BPE merges that the
 original CLIP (and therefore Stable Diffusion) uses. transformers' `CLIPTokenizer` wants
 the same data as `vocab.json` + `merges.txt`. This script writes those two files into
-`sdcourse/assets/tokenizer/` so that sdcourse never needs open_clip (or the hub) at run time.
+`sdcourse/assets/mini-sd/tokenizer/` so that sdcourse never needs open_clip (or the hub) at run time.
 
     pip install --no-deps open-clip-torch
     python scripts/convert_clip_vocab.py
@@ -14,7 +14,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "sdcourse" / "assets" / "tokenizer"
+OUT = Path(__file__).resolve().parents[1] / "sdcourse" / "assets" / "mini-sd" / "tokenizer"
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges; 49408 tokens in all
 
 

@@ -1,0 +1,103 @@
+"""The `sdcourse` command line: generate images headless, list models, (re)train mini-SD."""
+
+import argparse
+import sys
+
+from . import models
+
+
+def cmd_generate(args):
+    import torch
+
+    pipe = models.load_pipeline(args.model, task="text2img", device=args.device)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    images = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        height=args.size,
+        width=args.size,
+        num_images_per_prompt=args.num_images,
+        generator=generator,
+    ).images
+    for i, image in enumerate(images):
+        path = args.output if len(images) == 1 else args.output.with_stem(f"{args.output.stem}_{i}")
+        image.save(path)
+        print(path)
+
+
+def cmd_models(args):
+    print(f"mini       shipped mini-SD ({'present' if models.mini_available() else 'not trained yet'})")
+    for name, model in models.REAL_MODELS.items():
+        print(f"{name:<12} {model.about}; tasks: {', '.join(model.tasks)}; tries {', '.join(model.repo_ids)}")
+
+
+def cmd_train_mini(args):
+    import json
+    from dataclasses import fields
+
+    from . import train_mini
+
+    config = train_mini.MiniTrainConfig()
+    if args.config:
+        config = train_mini.MiniTrainConfig(**json.loads(args.config.read_text()))
+    overrides = {f.name: getattr(args, f.name) for f in fields(config) if getattr(args, f.name, None) is not None}
+    config = train_mini.MiniTrainConfig(**{**config.__dict__, **overrides})
+    stages = tuple(args.stages.split(",")) if args.stages else train_mini.STAGES
+    unknown = set(stages) - set(train_mini.STAGES)
+    if unknown:
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {','.join(train_mini.STAGES)}")
+    result = train_mini.train(config, stages=stages, assets_dir=args.export)
+    print(json.dumps(result))
+    if not result["finished"]:
+        print("sdcourse: this sitting ended early; run the same command again to resume.", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="sdcourse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text-to-image from the command line")
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    gen.add_argument("--model", default="auto", help="auto, mini, a short name (see `sdcourse models`) or a hub id")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--guidance-scale", type=float, default=7.5)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--size", type=int, default=None, help="image height and width (default: the model's)")
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--device", default=None)
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_generate)
+
+    tm = sub.add_parser("train-mini", help="train (or resume) the mini-SD family on the shapes world")
+    tm.add_argument("--config", type=Path, help="JSON file of MiniTrainConfig fields")
+    tm.add_argument("--run-dir", dest="run_dir", help="checkpoints and finished stages (default runs/mini-sd)")
+    tm.add_argument("--stages", help="comma-separated subset of vae,base,inpaint,depth,upscale")
+    tm.add_argument("--max-minutes", dest="max_minutes", type=float, help="end this sitting after this long")
+    tm.add_argument("--num-threads", dest="num_threads", type=int)
+    tm.add_argument("--export", type=Path, help="write the finished family here (e.g. sdcourse/assets/mini-sd)")
+    tm.set_defaults(func=cmd_train_mini)
+
+    lst = sub.add_parser("models", help="list the model names load_pipeline knows")
+    lst.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, models.ModelNotAvailableError) as error:
+        print(f"sdcourse: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

