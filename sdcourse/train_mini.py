@@ -1,0 +1,528 @@
+"""Train mini-SD, the tiny Stable Diffusion family shipped in `assets/mini-sd`.
+
+Same classes and layout as SD, sized for two CPU cores:
+- `AutoencoderKL`, 4 latent channels, 64×64 images -> 4×16×16 latents (factor 4; SD uses 8 on
+  512 px, but 64 px at factor 8 leaves 8×8 latents that lose small objects and make coarse
+  attention maps);
+- `CLIPTextModel` (real CLIP tokenizer, 77 tokens), trained jointly with the UNet from scratch
+  as in the latent-diffusion paper (SD itself froze a CLIP trained elsewhere);
+- `UNet2DConditionModel` with cross-attention at every resolution that has it in SD
+  (CrossAttnDown ×2 + Down, mirrored up, cross-attention mid block), epsilon prediction on
+  SD's scaled-linear DDPM schedule;
+- variants in the real channel layouts, each started from the base UNet with zero-initialised
+  extra input channels, as the real models were: inpaint (9), depth (5), x4 upscale (7).
+
+Stages run in order and each is resumable: `train(config)` skips finished stages and resumes
+an interrupted one from its last checkpoint (safetensors + JSON, written atomically). The data
+order and noise of step `k` depend only on (seed, k), so a resumed run is the run that would
+have happened without the interruption.
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from . import world
+from .tokenizer import TOKENIZER_DIR, load_tokenizer
+
+STAGES = ("vae", "base", "inpaint", "depth", "upscale")
+VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5, "upscale": 7}
+VARIANT_UNET_FOLDER = {"base": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
+MAX_NOISE_LEVEL = 350  # StableDiffusionUpscalePipeline's default max_noise_level
+SCALING_FACTOR = 0.08333  # the x4 upscaler's VAE factor (SD 1.x/2.x use 0.18215): see set_latent_spread
+
+
+def vae_config() -> dict:
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+        block_out_channels=[16, 32, 64], layers_per_block=1, norm_num_groups=8,
+    )
+
+
+def text_encoder_config() -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, hidden_size=64, intermediate_size=256,
+        num_hidden_layers=3, num_attention_heads=4, projection_dim=64, hidden_act="quick_gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+
+
+def unet_config(in_channels: int = 4, num_class_embeds=None) -> dict:
+    return dict(
+        sample_size=16, in_channels=in_channels, out_channels=4,
+        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        block_out_channels=[32, 64, 128], layers_per_block=1, norm_num_groups=16,
+        cross_attention_dim=64, attention_head_dim=8, num_class_embeds=num_class_embeds,
+    )
+
+
+def noise_scheduler_config() -> dict:
+    """SD's training schedule (also the base of the DDIM sampling scheduler shipped with the model)."""
+    return dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", clip_sample=False, steps_offset=1,
+    )
+
+
+@dataclass
+class MiniTrainConfig:
+    """Everything that defines a mini-SD training run (saved beside the checkpoints)."""
+
+    run_dir: str = "runs/mini-sd"
+    seed: int = 0
+    num_scenes: int = 40000
+    vae_steps: int = 4000
+    vae_batch_size: int = 24
+    vae_lr: float = 1e-3
+    vae_crop_fraction: float = 0.7
+    base_steps: int = 12000
+    variant_steps: dict = field(default_factory=lambda: {"inpaint": 2500, "depth": 2500, "upscale": 2500})
+    batch_size: int = 32
+    lr: float = 8e-4
+    warmup_steps: int = 300
+    ema_decay: float = 0.999
+    p_empty_caption: float = 0.1
+    snr_gamma: float = 5.0
+    checkpoint_every: int = 250
+    num_threads: int = 0  # 0: torch's default
+    max_minutes: float | None = None  # end this sitting (with a checkpoint) after this long
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(folder: Path, step: int, modules: dict, optimizer, ema: dict | None, extra: dict | None = None):
+    """Write models, EMA and optimizer state as safetensors + JSON; atomically (tmp dir, then rename)."""
+    tensors = {}
+    for name, module in modules.items():
+        tensors.update({f"model.{name}.{k}": v.detach().contiguous() for k, v in module.state_dict().items()})
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+    state = optimizer.state_dict()
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optim.{index}.{key}"] = value.contiguous() if torch.is_tensor(value) else torch.tensor(value)
+    meta = dict(step=step, param_groups=state["param_groups"], **(extra or {}))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, tmp / "state.safetensors")
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, modules: dict, optimizer, ema: dict | None) -> dict:
+    """Restore what `save_checkpoint` wrote; returns its JSON metadata (with "step")."""
+    tensors = load_file(folder / "state.safetensors")
+    meta = json.loads((folder / "meta.json").read_text())
+    for name, module in modules.items():
+        prefix = f"model.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    if ema is not None:
+        for k in ema:
+            ema[k].copy_(tensors[f"ema.{k}"])
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+class Sitting:
+    """When to stop this sitting: after `max_minutes`, or after `max_steps` steps (tests)."""
+
+    def __init__(self, max_minutes=None, max_steps=None):
+        self.deadline = time.time() + 60 * max_minutes if max_minutes else None
+        self.max_steps = max_steps
+        self.steps = 0
+        self.interrupted = False
+
+    def over(self) -> bool:
+        self.steps += 1
+        done = (self.deadline is not None and time.time() > self.deadline) or self.steps == self.max_steps
+        self.interrupted = self.interrupted or done
+        return done
+
+
+# --------------------------------------------------------------------------- data
+
+
+def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    """The randomness of one training step depends only on (seed, stage, step): resumable."""
+    return np.random.default_rng([seed, STAGES.index(stage), step])
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 100_000_007 + step)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], SD's pixel range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def build_dataset(config: MiniTrainConfig) -> dict:
+    """Render the training scenes once (images, masks, depth, low-res views) and cache them."""
+    cache = config.path / "data" / "scenes.npz"
+    if cache.exists():
+        data = dict(np.load(cache))
+        data["scenes"] = world.sample_scenes(config.num_scenes, seed=config.seed)
+        return data
+    scenes = world.sample_scenes(config.num_scenes, seed=config.seed)
+    images, first_masks, depths, low_res = [], [], [], []
+    for scene in tqdm(scenes, desc="render scenes"):
+        render = world.render(scene)
+        images.append(render.image)
+        first_masks.append(render.masks[0])
+        depths.append(render.depth)
+        low_res.append(render.low_res)
+    data = dict(
+        images=np.stack(images), masks=np.stack(first_masks), depths=np.stack(depths).astype(np.float16),
+        low_res=np.stack(low_res),
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **data)
+    data["scenes"] = scenes
+    return data
+
+
+def vae_batch(config: MiniTrainConfig, data: dict, step: int) -> torch.Tensor:
+    """Training scenes plus ~10 % held-out stars: the VAE, like SD's, is a general image codec.
+
+    The first `vae_crop_fraction` of the steps see four times as many 32×32 crops (the
+    autoencoder is convolutional, so crops teach it edges and colours at a quarter of the
+    cost); the rest see whole 64×64 scenes so that its middle attention sees the full grid.
+    """
+    rng = step_rng(config.seed, "vae", step)
+    crop = step < config.vae_crop_fraction * config.vae_steps
+    batch_size = config.vae_batch_size * (4 if crop else 1)
+    n_star = int(rng.binomial(batch_size, 0.1))
+    index = rng.integers(0, len(data["images"]), batch_size - n_star)
+    stars = world.concept_scenes(n_star, seed=int(rng.integers(2**31))) if n_star else []
+    images = np.stack(list(data["images"][index]) + [world.render(s).image for s in stars])
+    if crop:
+        corners = rng.integers(0, 9, size=(batch_size, 2)) * 4  # multiples of the VAE factor
+        images = np.stack([im[y : y + 32, x : x + 32] for im, (y, x) in zip(images, corners)])
+    return to_tensor(images)
+
+
+# --------------------------------------------------------------------------- stage 1: VAE
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1]."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def train_vae(config: MiniTrainConfig, data: dict, sitting: Sitting) -> AutoencoderKL | None:
+    stage_dir = config.path / "vae"
+    final = stage_dir / "final"
+    if (final / "config.json").exists():
+        return AutoencoderKL.from_pretrained(final)
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL(**vae_config())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    start, seconds_before, t0 = 0, 0.0, time.time()
+    if (stage_dir / "checkpoint").exists():
+        meta = load_checkpoint(stage_dir / "checkpoint", {"vae": vae}, optimizer, None)
+        start, seconds_before = meta["step"], meta["seconds"]
+    vae.train()
+    bar = tqdm(range(start, config.vae_steps), initial=start, total=config.vae_steps, desc="vae")
+    for step in bar:
+        lr = config.vae_lr * min(1.0, (step + 1) / 200) * (0.5 * (1 + math.cos(math.pi * step / config.vae_steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = vae_batch(config, data, step)
+        posterior = vae.encode(images).latent_dist
+        latents = posterior.sample(generator=step_generator(config.seed, "vae", step))
+        reconstruction = vae.decode(latents).sample
+        loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+        loss = loss + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr(reconstruction.detach(), images):.1f}")
+        stop = sitting.over()
+        if step + 1 < config.vae_steps and (stop or (step + 1) % config.checkpoint_every == 0):
+            seconds = dict(seconds=seconds_before + time.time() - t0)
+            save_checkpoint(stage_dir / "checkpoint", step + 1, {"vae": vae}, optimizer, None, seconds)
+            if stop:
+                return None
+
+    vae.eval()
+    set_latent_spread(vae, encode_latents(vae, data["images"][:4000]).std().item())
+    vae.save_pretrained(final)
+    (final / "log.json").write_text(json.dumps({"steps": config.vae_steps, "seconds": seconds_before + time.time() - t0}))
+    return vae
+
+
+@torch.no_grad()
+def set_latent_spread(vae: AutoencoderKL, latent_std: float):
+    """Rescale the latent space so that `latents * SCALING_FACTOR` has unit spread.
+
+    The 1×1 convolutions around the latents absorb a factor k (encoder means ×k, log-variances
+    +2 log k, decoder input ÷k): the same autoencoder, with latents k times larger. Every mini
+    pipeline then shares one VAE config with the x4 upscaler's scaling factor, which
+    StableDiffusionUpscalePipeline insists on.
+    """
+    k = 1.0 / (SCALING_FACTOR * latent_std)
+    c = vae.config.latent_channels
+    vae.quant_conv.weight[:c] *= k
+    vae.quant_conv.bias[:c] *= k
+    vae.quant_conv.bias[c:] += 2 * math.log(k)
+    vae.post_quant_conv.weight /= k
+    vae.register_to_config(scaling_factor=SCALING_FACTOR)
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means of uint8 images (unscaled), in standard memory layout.
+
+    The VAE may return channels-last tensors; the UNet then computes in a different order
+    than it does on the same latents read back from disk, and a resumed run would drift.
+    """
+    out = [vae.encode(to_tensor(images[i : i + batch_size])).latent_dist.mean for i in range(0, len(images), batch_size)]
+    return torch.cat(out).contiguous()
+
+
+# --------------------------------------------------------------------------- stages 2-5: UNet (+ text encoder)
+
+
+def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): faster convergence."""
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def expand_conv_in(unet: UNet2DConditionModel, in_channels: int, num_class_embeds=None) -> UNet2DConditionModel:
+    """A variant UNet that starts as the base UNet: extra input channels (and class embedding) zeroed."""
+    variant = UNet2DConditionModel(**unet_config(in_channels, num_class_embeds))
+    state = unet.state_dict()
+    weight = torch.zeros_like(variant.conv_in.weight)
+    weight[:, : unet.config.in_channels] = state.pop("conv_in.weight")
+    state["conv_in.weight"] = weight
+    missing, unexpected = variant.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("class_embedding") for k in missing), (missing, unexpected)
+    if num_class_embeds:
+        torch.nn.init.zeros_(variant.class_embedding.weight)
+    return variant
+
+
+def variant_inputs(stage: str, config, data, index, vae, noise_scheduler, generator, rng):
+    """The channels a variant concatenates to the noisy latents, as its diffusers pipeline builds them."""
+    if stage == "inpaint":
+        masks = torch.from_numpy(data["masks"][index]).float()[:, None]  # 1 = repaint
+        kind = rng.random(len(index))
+        grown = F.max_pool2d(masks, 9, stride=1, padding=4)  # the object plus a margin
+        masks = torch.where(torch.from_numpy(kind < 0.5)[:, None, None, None], grown, masks)
+        masks[torch.from_numpy(kind > 0.9)] = 1.0  # whole image: plain text-to-image, as SD's inpainting did
+        images = to_tensor(data["images"][index])
+        masked_images = images * (masks < 0.5)
+        with torch.no_grad():
+            masked_latents = vae.encode(masked_images).latent_dist.mean * vae.config.scaling_factor
+        small_masks = F.interpolate(masks, size=masked_latents.shape[-2:])
+        return torch.cat([small_masks, masked_latents], dim=1), None
+    if stage == "depth":
+        depth = torch.from_numpy(data["depths"][index].astype(np.float32))[:, None]
+        depth = F.interpolate(depth, size=(16, 16), mode="bicubic", align_corners=False)
+        d_min = depth.amin(dim=[1, 2, 3], keepdim=True)
+        d_max = depth.amax(dim=[1, 2, 3], keepdim=True)
+        return 2.0 * (depth - d_min) / (d_max - d_min) - 1.0, None
+    if stage == "upscale":
+        low_res = to_tensor(data["low_res"][index])
+        noise_level = torch.from_numpy(rng.integers(0, MAX_NOISE_LEVEL + 1, len(index)))
+        noise = torch.randn(low_res.shape, generator=generator)
+        low_res = DDPMScheduler(**noise_scheduler_config(), variance_type="fixed_small").add_noise(
+            low_res, noise, noise_level
+        )
+        return low_res, noise_level
+    return None, None
+
+
+def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting: Sitting):
+    """Stage "base" trains UNet + text encoder; variants fine-tune a copy of the base UNet."""
+    stage_dir = config.path / stage
+    tokenizer = load_tokenizer()
+    base_dir = config.path / "base" / "final"
+    if stage == "base":
+        torch.manual_seed(config.seed)
+        unet = UNet2DConditionModel(**unet_config())
+        text_encoder = CLIPTextModel(text_encoder_config())
+        modules = {"unet": unet, "text_encoder": text_encoder}
+        steps = config.base_steps
+    else:
+        base_unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+        unet = expand_conv_in(base_unet, VARIANT_IN_CHANNELS[stage], 1000 if stage == "upscale" else None)
+        text_encoder = CLIPTextModel.from_pretrained(base_dir / "text_encoder")
+        text_encoder.requires_grad_(False)
+        modules = {"unet": unet}
+        steps = config.variant_steps[stage]
+    trainable = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
+    ema = {f"{name}.{k}": v.detach().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
+    noise_scheduler = DDPMScheduler(**noise_scheduler_config())
+    lr = config.lr if stage == "base" else config.lr / 4
+
+    start, seconds_before, t0, losses = 0, 0.0, time.time(), []
+    if (stage_dir / "checkpoint").exists():
+        meta = load_checkpoint(stage_dir / "checkpoint", modules, optimizer, ema)
+        start, seconds_before = meta["step"], meta["seconds"]
+    for m in modules.values():
+        m.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage)
+    for step in bar:
+        rng = step_rng(config.seed, stage, step)
+        generator = step_generator(config.seed, stage, step)
+        index = rng.integers(0, len(latents), config.batch_size)
+        captions = [
+            "" if rng.random() < config.p_empty_caption else world.caption(data["scenes"][i], rng) for i in index
+        ]
+        clean = latents[index] * vae.config.scaling_factor
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.from_numpy(rng.integers(0, 1000, config.batch_size))
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        extra, class_labels = variant_inputs(stage, config, data, index, vae, noise_scheduler, generator, rng)
+        if extra is not None:
+            noisy = torch.cat([noisy, extra], dim=1)
+
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / config.warmup_steps) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        if stage == "base":
+            encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
+        else:
+            with torch.no_grad():
+                encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
+        prediction = unet(noisy, timesteps, encoder_hidden_states, class_labels=class_labels).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=[1, 2, 3])
+        loss = (per_sample * snr_weights(noise_scheduler, timesteps, config.snr_gamma)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            for name, m in modules.items():
+                for k, v in m.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema[f"{name}.{k}"].lerp_(v, 1 - decay)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        stop = sitting.over()
+        if step + 1 < steps and (stop or (step + 1) % config.checkpoint_every == 0):
+            seconds = dict(seconds=seconds_before + time.time() - t0)
+            save_checkpoint(stage_dir / "checkpoint", step + 1, modules, optimizer, ema, seconds)
+            if stop:
+                return None
+
+    # The EMA weights are the model.
+    for name, m in modules.items():
+        m.load_state_dict({k: ema[f"{name}.{k}"] for k in m.state_dict()})
+        m.eval()
+    final = stage_dir / "final"
+    unet.save_pretrained(final / "unet")
+    if stage == "base":
+        text_encoder.save_pretrained(final / "text_encoder")
+    log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:]))}
+    (final / "log.json").write_text(json.dumps(log))
+    return unet
+
+
+# --------------------------------------------------------------------------- export and the whole run
+
+
+def export(config: MiniTrainConfig, assets_dir: Path, stages=STAGES):
+    """Assemble the finished stages into the shipped folder (fp16 weights, diffusers layout)."""
+    assets_dir = Path(assets_dir)
+    half = dict(dtype=torch.float16)
+    AutoencoderKL.from_pretrained(config.path / "vae" / "final", **half).save_pretrained(assets_dir / "vae")
+    base = config.path / "base" / "final"
+    CLIPTextModel.from_pretrained(base / "text_encoder", **half).save_pretrained(assets_dir / "text_encoder")
+    if (assets_dir / "tokenizer").resolve() != TOKENIZER_DIR.resolve():
+        shutil.copytree(TOKENIZER_DIR, assets_dir / "tokenizer", dirs_exist_ok=True)
+    for stage in stages:
+        if stage == "vae":
+            continue
+        unet = UNet2DConditionModel.from_pretrained(config.path / stage / "final" / "unet", **half)
+        unet.save_pretrained(assets_dir / VARIANT_UNET_FOLDER[stage])
+    DDIMScheduler(**noise_scheduler_config(), set_alpha_to_one=False).save_pretrained(assets_dir / "scheduler")
+    DDPMScheduler(**noise_scheduler_config()).save_pretrained(assets_dir / "low_res_scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": __import__("diffusers").__version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (assets_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def train(config: MiniTrainConfig, stages=STAGES, assets_dir: Path | None = None, max_steps=None) -> dict:
+    """Run or resume `stages` in order; export to `assets_dir` once all of them are finished.
+
+    Returns the seconds each stage took in this sitting and whether the sitting ended early
+    (`config.max_minutes`, or `max_steps` steps of the current stage): run it again to go on.
+    """
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    sitting = Sitting(config.max_minutes, max_steps)
+    config.path.mkdir(parents=True, exist_ok=True)
+    (config.path / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    data = build_dataset(config)
+    timings = {}
+    t0 = time.time()
+    vae = train_vae(config, data, sitting)
+    timings["vae"] = time.time() - t0
+    if vae is None:
+        return dict(seconds=timings, finished=False)
+    vae.eval().requires_grad_(False)
+    latents_file = config.path / "data" / "latents.safetensors"
+    if latents_file.exists():
+        latents = load_file(latents_file)["latents"]
+    else:
+        latents = encode_latents(vae, data["images"])
+        save_file({"latents": latents.contiguous()}, latents_file)
+    for stage in stages:
+        if stage == "vae" or (config.path / stage / "final" / "unet").exists():
+            continue
+        t0 = time.time()
+        unet = train_unet(config, stage, data, vae, latents, sitting)
+        timings[stage] = time.time() - t0
+        if unet is None:
+            return dict(seconds=timings, finished=False)
+    if assets_dir is not None:
+        export(config, assets_dir, stages)
+    return dict(seconds=timings, finished=True)

@@ -1,0 +1,115 @@
+"""mini-SD training scripts: a few steps of every stage, resume, export, load."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdcourse import models, train_mini
+from sdcourse.train_mini import MiniTrainConfig
+
+
+def tiny_config(run_dir, **overrides) -> MiniTrainConfig:
+    settings = dict(
+        run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, batch_size=2,
+        variant_steps={"inpaint": 2, "depth": 2, "upscale": 2}, checkpoint_every=100, warmup_steps=2,
+    )
+    return MiniTrainConfig(**{**settings, **overrides})
+
+
+def weights(folder):
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The whole family trained a few steps and exported to a folder laid out like assets/mini-sd."""
+    root = tmp_path_factory.mktemp("mini")
+    result = train_mini.train(tiny_config(root / "run"), assets_dir=root / "assets")
+    return root, result
+
+
+def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
+    root, result = trained
+    assert result["finished"] and set(result["seconds"]) == set(train_mini.STAGES)
+    assets = root / "assets"
+    index = json.loads((assets / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for folder, in_channels in [("unet", 4), ("unet_inpaint", 9), ("unet_depth", 5), ("unet_upscale", 7)]:
+        config = json.loads((assets / folder / "config.json").read_text())
+        assert config["in_channels"] == in_channels
+        assert all(v.dtype == torch.float16 for v in weights(assets / folder).values())
+    assert json.loads((assets / "unet_upscale" / "config.json").read_text())["num_class_embeds"] == 1000
+    assert not list(assets.rglob("*.bin")) and not list(assets.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("task", models.TASKS)
+def test_exported_family_loads_through_load_pipeline(trained, monkeypatch, task):
+    root, _ = trained
+    monkeypatch.setattr(models, "MINI_DIR", root / "assets")
+    pipe = models.load_pipeline("mini", task=task, device="cpu")
+    assert pipe.unet.config.in_channels == models.UNET_IN_CHANNELS[task]
+    assert pipe.vae.dtype == torch.float32  # fp16 on disk, fp32 on CPU
+
+
+def test_variants_start_from_the_base_unet_with_zeroed_extra_channels():
+    torch.manual_seed(0)
+    base = train_mini.UNet2DConditionModel(**train_mini.unet_config())
+    inpaint = train_mini.expand_conv_in(base, 9)
+    assert torch.equal(inpaint.conv_in.weight[:, :4], base.conv_in.weight)
+    assert inpaint.conv_in.weight[:, 4:].abs().sum() == 0
+    latents, text = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 64)
+    extra = torch.randn(1, 5, 16, 16)
+    with torch.no_grad():
+        same = inpaint(torch.cat([latents, extra], 1), 10, text).sample
+        expected = base(latents, 10, text).sample
+    assert torch.allclose(same, expected, atol=1e-5)
+
+
+def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path):
+    """Stop after 2 steps, run again: identical to one uninterrupted run (data order and noise included)."""
+    stages = ("vae", "base")
+    straight = train_mini.train(tiny_config(tmp_path / "a"), stages=stages)
+    assert straight["finished"]
+    first = train_mini.train(tiny_config(tmp_path / "b"), stages=stages, max_steps=2)
+    assert not first["finished"] and (tmp_path / "b" / "vae" / "checkpoint" / "state.safetensors").exists()
+    while not train_mini.train(tiny_config(tmp_path / "b"), stages=stages, max_steps=3)["finished"]:
+        pass
+    for part in ["vae/final", "base/final/unet", "base/final/text_encoder"]:
+        a, b = weights(tmp_path / "a" / part), weights(tmp_path / "b" / part)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_latent_rescaling_keeps_the_autoencoder_and_sets_unit_spread():
+    torch.manual_seed(0)
+    vae = train_mini.AutoencoderKL(**train_mini.vae_config()).eval()
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(images).latent_dist
+        decoded_before = vae.decode(before.mean).sample
+        train_mini.set_latent_spread(vae, before.mean.std().item())
+        after = vae.encode(images).latent_dist
+        decoded_after = vae.decode(after.mean).sample
+    assert vae.config.scaling_factor == train_mini.SCALING_FACTOR
+    assert abs((after.mean * vae.config.scaling_factor).std().item() - 1.0) < 1e-3
+    assert torch.allclose(after.std / after.mean.std(), before.std / before.mean.std(), rtol=1e-3)
+    assert torch.allclose(decoded_after, decoded_before, atol=1e-4)
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    folder = tmp_path / "checkpoint"
+    train_mini.save_checkpoint(folder, 7, {"m": model}, optimizer, None, {"seconds": 1.5})
+    train_mini.save_checkpoint(folder, 8, {"m": model}, optimizer, None, {"seconds": 2.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no .tmp / .old left behind
+    clone = torch.nn.Linear(3, 2)
+    clone_optimizer = torch.optim.AdamW(clone.parameters())
+    meta = train_mini.load_checkpoint(folder, {"m": clone}, clone_optimizer, None)
+    assert meta["step"] == 8 and meta["seconds"] == 2.5
+    assert torch.equal(clone.weight, model.weight)
+    assert torch.equal(clone_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
