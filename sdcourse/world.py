@@ -77,8 +77,8 @@ STAR_INNER_RATIO = 0.45
 # How often `caption(scene, rng)` mentions each attribute.
 P_MENTION_BACKGROUND = 0.8
 P_MENTION_COLOUR = 0.9
-P_MENTION_SIZE = 0.3
-P_MENTION_POSITION = 0.4
+P_MENTION_SIZE = 0.4
+P_MENTION_POSITION = 0.6
 P_GENERIC_NOUN = 0.1
 
 
