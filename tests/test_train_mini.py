@@ -42,6 +42,9 @@ def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
         assert all(v.dtype == torch.float16 for v in weights(assets / folder).values())
     assert json.loads((assets / "unet_upscale" / "config.json").read_text())["num_class_embeds"] == 1000
     assert not list(assets.rglob("*.bin")) and not list(assets.rglob("*.pt"))
+    card = (assets / "README.md").read_text()
+    unet_parameters = sum(t.numel() for t in weights(assets / "unet").values())
+    assert f"{unet_parameters / 1e6:.2f} M" in card and "| inpaint | `unet_inpaint/`" in card
 
 
 @pytest.mark.parametrize("task", models.TASKS)
