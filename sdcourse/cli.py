@@ -55,6 +55,43 @@ def cmd_train_mini(args):
         print("sdcourse: this sitting ended early; run the same command again to resume.", file=sys.stderr)
 
 
+def cmd_dreambooth(args):
+    import json
+
+    import yaml
+
+    from . import dreambooth
+
+    # A config file (or preset) first, then options, then --set FIELD=VALUE.
+    values = dreambooth.read_config_file(args.config) if args.config else {}
+    if args.preset:
+        values["preset"] = args.preset
+    for name in [*DREAMBOOTH_OPTIONS, "use_lora", "with_prior_preservation"]:
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: write FIELD=VALUE, e.g. --set learning_rate=1e-4")
+        values[name.strip()] = yaml.safe_load(value)
+    config = dreambooth.DreamBoothConfig.from_dict(values)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return
+    result = dreambooth.train_dreambooth(config, progress=not args.quiet, stop_at_step=args.stop_at_step)
+    print(json.dumps(result.summary()))
+    if not result.finished:
+        print("sdcourse: this sitting ended early; run again with --resume-from-checkpoint latest to go on.", file=sys.stderr)
+
+
+# The DreamBoothConfig fields that `sdcourse dreambooth` takes as options (any other: --set FIELD=VALUE).
+DREAMBOOTH_OPTIONS = {
+    "model": str, "instance_data_dir": str, "instance_prompt": str, "class_prompt": str, "class_data_dir": str,
+    "output_dir": str, "max_train_steps": int, "learning_rate": float, "train_batch_size": int, "rank": int,
+    "resume_from_checkpoint": str, "seed": int,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -83,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--num-threads", dest="num_threads", type=int)
     tm.add_argument("--export", type=Path, help="write the finished family here (e.g. sdcourse/assets/mini-sd)")
     tm.set_defaults(func=cmd_train_mini)
+
+    db = sub.add_parser("dreambooth", help="DreamBooth fine-tuning (full or LoRA, prior preservation, resumable)")
+    db.add_argument("--config", type=Path, help="YAML or JSON file of DreamBoothConfig fields (may name a preset)")
+    db.add_argument("--preset", help="start from a hardware preset: cpu-mini, colab-t4, 24gb")
+    for name, kind in DREAMBOOTH_OPTIONS.items():  # diffusers' spelling (--instance_data_dir) works too
+        db.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, type=kind, default=None)
+    db.add_argument("--use-lora", "--use_lora", dest="use_lora", action="store_const", const=True, default=None)
+    db.add_argument("--with-prior-preservation", "--with_prior_preservation", dest="with_prior_preservation",
+                    action=argparse.BooleanOptionalAction, default=None)
+    db.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other config field (value read as YAML)")
+    db.add_argument("--stop-at-step", type=int, help="end this sitting at this step (a checkpoint is saved)")
+    db.add_argument("--print-config", action="store_true", help="print the resulting config as YAML and exit")
+    db.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    db.set_defaults(func=cmd_dreambooth)
 
     lst = sub.add_parser("models", help="list the model names load_pipeline knows")
     lst.set_defaults(func=cmd_models)

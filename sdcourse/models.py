@@ -280,7 +280,8 @@ def load_pipeline(
 
     name: "auto" (real SD on a CUDA GPU with the hub reachable, else mini-SD; the
     SDCOURSE_MODEL environment variable overrides), "mini", a short name from
-    `REAL_MODELS`, or any hub id. The memory switches trade speed for GPU memory.
+    `REAL_MODELS`, any hub id, or a local folder saved with `save_pretrained`.
+    The memory switches trade speed for GPU memory.
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}.")
@@ -292,6 +293,8 @@ def load_pipeline(
     dtype = pick_dtype(device, dtype)
     if name == "mini":
         pipe = load_mini(task, dtype)
+    elif Path(name).expanduser().is_dir():  # a saved pipeline, e.g. a DreamBooth output folder
+        pipe = PIPELINE_CLASSES[task].from_pretrained(Path(name).expanduser(), dtype=dtype, use_safetensors=True)
     else:
         pipe = load_real(resolve_repo(name, task), task, dtype)
 

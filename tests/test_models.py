@@ -168,3 +168,11 @@ def test_a_unet_with_the_wrong_input_channels_is_refused(monkeypatch):
     monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline("inpaint"))
     with pytest.raises(ValueError, match="9 input channels; task='text2img' needs 4"):
         models.load_pipeline("someone/model", task="text2img", device="cpu")
+
+
+def test_a_local_pipeline_folder_loads_without_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "check_repo", lambda repo: pytest.fail("asked the hub for a local folder"))
+    tiny_pipeline("img2img").save_pretrained(tmp_path / "saved")
+    pipe = models.load_pipeline(str(tmp_path / "saved"), task="img2img", device="cpu")
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert pipe.unet.config.in_channels == 4
