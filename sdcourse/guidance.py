@@ -1,0 +1,248 @@
+"""Classifier-free guidance: the arithmetic, grids over guidance scales, and what it buys.
+
+At every denoising step the UNet predicts the noise twice, without the text
+(`noise_pred_uncond`, from the empty or negative prompt) and with it (`noise_pred_text`).
+Classifier-free guidance (Ho & Salimans, 2022) walks from the first towards the second and
+`guidance_scale` times as far:
+
+    noise_pred = noise_pred_uncond + guidance_scale · (noise_pred_text − noise_pred_uncond)
+
+0 is the unconditional model, 1 the text-conditioned one, 7.5 (SD's default) much "more
+of the prompt". `cfg_grid` shows it as pictures; `adherence_curve` measures it with the judge.
+
+diffusers' pipelines switch guidance off for `guidance_scale <= 1` (they run the UNet on the
+text only), so through a pipeline every scale in [0, 1] gives the text-only image.
+`sdcourse.sampling.text2img` applies the formula for every scale, so its scale 0 really is
+the unconditional model.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from sdcourse.judge import judge_many
+from sdcourse.plotting import image_grid
+
+# diffusers' pipelines check `height % 8` and `width % 8` themselves, whatever the VAE factor.
+PIPELINE_SIZE_MULTIPLE = 8
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale):
+    """Mix the unconditional and text noise predictions: uncond + scale · (text − uncond)."""
+    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+
+
+def rescale_guidance(noise_cfg, noise_pred_text, guidance_rescale):
+    """Tame the over-exposure that high guidance scales cause (Lin et al., 2023, section 3.4).
+
+    The guided prediction `noise_cfg` has a larger spread than the text prediction. Rescale
+    it, image by image, to the standard deviation of `noise_pred_text`, then mix the two:
+    `guidance_rescale` φ = 0 keeps `noise_cfg`, 1 takes the rescaled one (the paper uses 0.7;
+    all-rescaled images look plain). The same computation as diffusers' `rescale_noise_cfg`.
+    """
+    dims = list(range(1, noise_cfg.ndim))  # every dimension but the batch
+    std_text = noise_pred_text.std(dim=dims, keepdim=True)
+    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
+    noise_rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * noise_rescaled + (1 - guidance_rescale) * noise_cfg
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_guidance_scale(guidance_scale, name: str = "guidance_scale") -> float:
+    """`guidance_scale` as a float, or a ValueError if it is not a number ≥ 0."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {guidance_scale!r}")
+    if guidance_scale < 0:
+        raise ValueError(
+            f"{name}={guidance_scale} is negative: use 0 (unconditional), 1 (text only) or more (stronger guidance)."
+        )
+    return float(guidance_scale)
+
+
+def _check_scales(scales) -> list[float]:
+    scales = list(scales)
+    if not scales:
+        raise ValueError("scales is empty: pass at least one guidance scale, e.g. scales=[1, 3, 7.5].")
+    return [check_guidance_scale(scale, name="scale") for scale in scales]
+
+
+def _check_seeds(seeds) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=[0, 1, 2].")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seeds must be integers, got {seed!r}")
+    return [int(seed) for seed in seeds]
+
+
+def _check_prompts(prompts) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: pass at least one prompt.")
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts must be strings, got {prompt!r}")
+    return prompts
+
+
+def _check_pipeline_size(name: str, value) -> None:
+    if value is not None and (value <= 0 or value % PIPELINE_SIZE_MULTIPLE):
+        raise ValueError(
+            f"{name}={value} must be a positive multiple of {PIPELINE_SIZE_MULTIPLE} "
+            "(diffusers' pipelines require it), or None for the model's own size."
+        )
+
+
+def _generators(seeds) -> list[torch.Generator]:
+    """One CPU generator per seed: a batch of them gives image k the same noise as a call with seed k alone."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+# --------------------------------------------------------------------------- grids
+
+
+@dataclass
+class GridResult:
+    """The images of a guidance grid, `images[scale_index][seed_index]`, and their figure."""
+
+    images: list
+    figure: Figure
+    scales: list
+    seeds: list
+
+
+def cfg_grid_figure(images, scales, seeds, title=None) -> Figure:
+    """The figure of a guidance grid: one row per scale, one column per seed."""
+    figure = image_grid(
+        [image for row in images for image in row],
+        rows=len(scales),
+        cols=len(seeds),
+        row_titles=[f"scale {scale:g}" for scale in scales],
+        col_titles=[f"seed {seed}" for seed in seeds],
+        figsize_per=1.6,
+    )
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    return figure
+
+
+def cfg_grid(
+    pipe,
+    prompt: str,
+    scales,
+    seeds,
+    num_inference_steps: int = 25,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+) -> GridResult:
+    """Render `prompt` at every guidance scale × seed; rows are scales, columns seeds.
+
+    One pipeline call per scale renders all seeds as one batch (a list of generators, one per
+    seed, so each image gets exactly the noise that seed alone would give). Remember that the
+    pipeline turns guidance off for scales ≤ 1: 0, 0.5 and 1 give the same image.
+    `progress=False` also silences the pipeline's own bar (`pipe.set_progress_bar_config`).
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}; cfg_grid shows one prompt.")
+    scales = _check_scales(scales)
+    seeds = _check_seeds(seeds)
+    _check_pipeline_size("height", height)
+    _check_pipeline_size("width", width)
+    if not progress:
+        pipe.set_progress_bar_config(disable=True)
+
+    images = []
+    for scale in tqdm(scales, desc="guidance scales", disable=not progress):
+        output = pipe(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_images_per_prompt=len(seeds),
+            generator=_generators(seeds),
+            guidance_scale=scale,
+            num_inference_steps=num_inference_steps,
+            height=height,
+            width=width,
+        )
+        images.append(output.images)
+    figure = cfg_grid_figure(images, scales, seeds, title=prompt)
+    return GridResult(images=images, figure=figure, scales=scales, seeds=seeds)
+
+
+# --------------------------------------------------------------------------- adherence
+
+
+def adherence_curve(
+    pipe,
+    prompts,
+    scales,
+    seeds,
+    judge_fn=judge_many,
+    steps: int = 25,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
+    """How well images follow their prompts, per guidance scale: {scale: judge_fn(images, prompts)}.
+
+    Every prompt is rendered with every seed at every scale (in batches of `batch_size`
+    images), and each scale's images are graded together. With the default judge each value
+    holds "n", "accuracy", "all_correct" and one accuracy per attribute the prompts name
+    ("background", "count", "colour", "shape", "size", "position").
+    """
+    prompts = _check_prompts(prompts)
+    scales = _check_scales(scales)
+    seeds = _check_seeds(seeds)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    if not progress:
+        pipe.set_progress_bar_config(disable=True)
+
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    job_prompts = [prompt for prompt, _ in jobs]
+    curve = {}
+    for scale in tqdm(scales, desc="guidance scales", disable=not progress):
+        images = []
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            output = pipe(
+                [prompt for prompt, _ in batch],
+                generator=_generators([seed for _, seed in batch]),
+                guidance_scale=scale,
+                num_inference_steps=steps,
+            )
+            images.extend(output.images)
+        curve[scale] = judge_fn(images, job_prompts)
+    return curve
+
+
+def plot_adherence(curve: dict, attributes=None) -> Figure:
+    """Accuracy (%) against guidance scale, one line per attribute of an `adherence_curve` result."""
+    if not curve:
+        raise ValueError("curve is empty: pass the dict that adherence_curve returns.")
+    scales = sorted(curve)
+    if attributes is None:
+        # Every accuracy the judge reported ("n" is a count, not an accuracy).
+        attributes = [key for key in curve[scales[0]] if key != "n"]
+    figure = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = figure.subplots()
+    for attribute in attributes:
+        values = [100 * curve[scale][attribute] if attribute in curve[scale] else float("nan") for scale in scales]
+        ax.plot(scales, values, marker="o", label=attribute)
+    ax.set_xlabel("guidance scale")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return figure
