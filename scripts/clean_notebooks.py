@@ -4,7 +4,7 @@
     python scripts/clean_notebooks.py --execute notebooks/01_*.ipynb  # run, then clean
 
 Cells marked `# NBVAL_CHECK_OUTPUT` keep their outputs (nbval compares against them);
-every other cell is committed without outputs, and execution counts are removed.
+every other cell is committed without outputs or execution count.
 """
 
 import argparse
@@ -19,17 +19,22 @@ def is_checked(cell) -> bool:
 
 
 def clean(nb) -> None:
+    """Checked cells keep their outputs, numbered 1, 2, … (nbval refuses a reference output
+    whose cell has no execution count); every other code cell loses its outputs and count."""
+    checked = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
+        cell.metadata.pop("execution", None)
         if is_checked(cell):
+            checked += 1
+            cell.execution_count = checked
             for output in cell.outputs:
                 if "execution_count" in output:
-                    output["execution_count"] = None
+                    output["execution_count"] = checked
         else:
+            cell.execution_count = None
             cell.outputs = []
-        cell.metadata.pop("execution", None)
 
 
 def main():

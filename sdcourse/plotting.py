@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -155,7 +156,7 @@ def plot_schedule(scheduler) -> Figure:
             f"{type(scheduler).__name__} has no alphas_cumprod: "
             "pass a DDPM-family scheduler (DDIM, DDPM, PNDM, Euler, ...)."
         )
-    alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
+    alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().double().numpy()  # add_noise may move it to the GPU
     timesteps = np.arange(len(alphas_cumprod))
     sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
 
