@@ -8,6 +8,7 @@ Two families:
   package, for CPUs and offline machines.
 """
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -254,6 +255,13 @@ def load_real(repo_id: str, task: str, dtype: torch.dtype):
     return cls.from_pretrained(repo_id, **kwargs)
 
 
+def load_folder(folder: Path, task: str, dtype: torch.dtype):
+    """Load a pipeline saved with `save_pretrained`; components saved as null stay None."""
+    index = json.loads((folder / "model_index.json").read_text())
+    absent = {name: None for name, value in index.items() if isinstance(value, list) and value[0] is None}
+    return PIPELINE_CLASSES[task].from_pretrained(folder, dtype=dtype, use_safetensors=True, **absent)
+
+
 def choose_auto(task: str) -> tuple[str, str]:
     """What name="auto" means here, and why (one line)."""
     override = os.environ.get("SDCOURSE_MODEL")
@@ -294,7 +302,7 @@ def load_pipeline(
     if name == "mini":
         pipe = load_mini(task, dtype)
     elif Path(name).expanduser().is_dir():  # a saved pipeline, e.g. a DreamBooth output folder
-        pipe = PIPELINE_CLASSES[task].from_pretrained(Path(name).expanduser(), dtype=dtype, use_safetensors=True)
+        pipe = load_folder(Path(name).expanduser(), task, dtype)
     else:
         pipe = load_real(resolve_repo(name, task), task, dtype)
 

@@ -176,3 +176,6 @@ def test_a_local_pipeline_folder_loads_without_the_hub(tmp_path, monkeypatch):
     pipe = models.load_pipeline(str(tmp_path / "saved"), task="img2img", device="cpu")
     assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
     assert pipe.unet.config.in_channels == 4
+    tiny_pipeline("depth2img").save_pretrained(tmp_path / "depth")  # saved without a depth estimator
+    pipe = models.load_pipeline(str(tmp_path / "depth"), task="depth2img", device="cpu")
+    assert pipe.unet.config.in_channels == 5 and pipe.depth_estimator is None
