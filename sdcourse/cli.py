@@ -59,6 +59,7 @@ def cmd_dreambooth(args):
     import json
 
     import yaml
+    from accelerate import PartialState
 
     from . import dreambooth
 
@@ -79,9 +80,11 @@ def cmd_dreambooth(args):
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return
     result = dreambooth.train_dreambooth(config, progress=not args.quiet, stop_at_step=args.stop_at_step)
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process reports
+        return
     print(json.dumps(result.summary()))
     if not result.finished:
-        print("sdcourse: this sitting ended early; run again with --resume-from-checkpoint latest to go on.", file=sys.stderr)
+        print("sdcourse: this sitting ended early; go on with --resume-from-checkpoint latest.", file=sys.stderr)
 
 
 # The DreamBoothConfig fields that `sdcourse dreambooth` takes as options (any other: --set FIELD=VALUE).
