@@ -15,48 +15,17 @@ meaningful. The tokenizer is always the real CLIP tokenizer.
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
     DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdcourse.models import PIPELINE_CLASSES, TASKS, UNET_IN_CHANNELS
+from sdcourse.schedulers import SCHEDULERS, SD_SCHEDULER_CONFIG, make_scheduler  # noqa: F401  (re-exported for tests)
 from sdcourse.tokenizer import load_tokenizer
 
 LAYOUTS = ("sd15", "sd21")
-
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "pndm": PNDMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "lms": LMSDiscreteScheduler,  # needs scipy
-}
-
-# --- Scheduler configs -------------------------------------------------------------------
-
-# stable-diffusion-v1-5/stable-diffusion-v1-5 scheduler/scheduler_config.json (PNDM there);
-# DDIM reads set_alpha_to_one, PNDM skip_prk_steps, the others ignore what they don't know.
-# steps_offset=1 matters: pipelines rewrite 0 to 1 only at construction.
-SD_SCHEDULER_CONFIG = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "prediction_type": "epsilon",
-}
 
 # stabilityai/stable-diffusion-2-1 scheduler/scheduler_config.json: the 768 px model predicts v.
 SD21_SCHEDULER_CONFIG = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
@@ -85,17 +54,6 @@ X4_UPSCALER_LOW_RES_SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
     "variance_type": "fixed_small",
 }
-
-
-def make_scheduler(name: str = "ddim", config: dict | None = None):
-    """Build scheduler `name` ("ddim", "pndm", "euler", "euler_a", "dpm++", "lms") from a config.
-
-    Defaults to SD's training schedule, so every sampler sees the same betas.
-    Swap one into a pipeline with `pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)`.
-    """
-    if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}.")
-    return SCHEDULERS[name].from_config(SD_SCHEDULER_CONFIG if config is None else config)
 
 
 # --- Tiny configs (ours) -------------------------------------------------------------------
