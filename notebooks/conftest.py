@@ -1,0 +1,40 @@
+"""nbval over the workbook: skip a chapter whose mini-SD models are not shipped yet.
+
+The notebooks run on mini-SD unless SDCOURSE_MODEL names another model (or a CUDA GPU
+makes "auto" pick real SD). A chapter that needs a mini-SD variant which this checkout
+does not have is skipped with that reason, rather than failing on the missing weights.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sdcourse import models
+
+NEEDS = {"04_extra_conditioning.ipynb": ("inpaint", "depth2img", "upscale")}
+
+
+def uses_mini() -> bool:
+    chosen = os.environ.get("SDCOURSE_MODEL", "auto")
+    if chosen == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return chosen == "mini"
+
+
+def missing_mini_tasks(notebook: str) -> list[str]:
+    if not uses_mini():
+        return []
+    tasks = ("text2img",) + NEEDS.get(notebook, ())
+    return [t for t in tasks if not (models.MINI_DIR / models.MINI_UNET_FOLDERS[t]).is_dir()]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        notebook = Path(str(item.fspath)).name
+        if notebook.endswith(".ipynb"):
+            missing = missing_mini_tasks(notebook)
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=f"mini-SD has no {', '.join(missing)} model yet"))
