@@ -31,17 +31,7 @@ LAYOUTS = ("sd15", "sd21")
 SD21_SCHEDULER_CONFIG = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
 
 # stabilityai/stable-diffusion-x4-upscaler scheduler/scheduler_config.json
-X4_UPSCALER_SCHEDULER_CONFIG = {
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "prediction_type": "v_prediction",
-}
+X4_UPSCALER_SCHEDULER_CONFIG = {**SD_SCHEDULER_CONFIG, "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "v_prediction"}
 
 # stabilityai/stable-diffusion-x4-upscaler low_res_scheduler/scheduler_config.json:
 # the schedule that noises the low-resolution image (noise_level = its timestep).
