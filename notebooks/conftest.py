@@ -28,7 +28,7 @@ def missing_mini_tasks(notebook: str) -> list[str]:
     if not uses_mini():
         return []
     tasks = ("text2img",) + NEEDS.get(notebook, ())
-    return [t for t in tasks if not (models.MINI_DIR / models.MINI_UNET_FOLDERS[t]).is_dir()]
+    return [t for t in tasks if not models.mini_available(t)]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -211,14 +211,15 @@ def hub_answers() -> bool:
     return check_repo(REAL_MODELS["sd15"].repo_ids[0]) == "ok"
 
 
-def mini_available() -> bool:
-    return (MINI_DIR / "model_index.json").is_file()
+def mini_available(task: str = "text2img") -> bool:
+    """True when the shipped mini-SD has the model for `task`."""
+    return (MINI_DIR / "model_index.json").is_file() and (MINI_DIR / MINI_UNET_FOLDERS[task]).is_dir()
 
 
 def load_mini(task: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     """Assemble a mini-SD pipeline for `task` from the shipped components."""
     unet_folder = MINI_DIR / MINI_UNET_FOLDERS[task]
-    if not mini_available() or not unet_folder.is_dir():
+    if not mini_available(task):
         raise ModelNotAvailableError(
             f"mini-SD weights for task {task!r} are not in this install yet (looked in {unet_folder}). "
             "Train them with `sdcourse train-mini`, or use a real model on a GPU: load_pipeline('sd15')."
