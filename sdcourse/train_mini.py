@@ -541,7 +541,8 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         f"{config['num_scenes']} rendered scenes (seed {config['seed']}), captions re-drawn every step so that",
         f"attributes are sometimes left unsaid, {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
-        f"min-SNR-γ {config['snr_gamma']} loss weights. Two CPU cores.",
+        f"min-SNR-γ {config['snr_gamma']} loss weights. CPU only: a 2-core machine, "
+        f"{config['num_threads'] or 'all'} training thread(s).",
         "",
         "| stage | component | parameters | steps | minutes |",
         "|---|---|---|---|---|",

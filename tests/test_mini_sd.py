@@ -39,6 +39,18 @@ def test_mini_loads_offline_fast_in_every_task(monkeypatch):
         assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
+def test_plain_diffusers_loads_the_shipped_folder(text2img):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models.MINI_DIR, use_safetensors=True)
+    assert pipe.unet.config.in_channels == 4 and pipe.vae.config.latent_channels == 4
+    assert pipe.tokenizer.model_max_length == 77
+    prompt = "a green square on a white background"
+    ours = text2img(prompt, num_inference_steps=5, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+    plain = pipe(prompt, num_inference_steps=5, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+    assert np.abs(ours.images[0] - plain.images[0]).max() < 1e-2  # fp16 weights read as fp32 by both
+
+
 def test_same_seed_same_image_different_seed_different(text2img):
     def make(seed):
         out = text2img("a red circle on a blue background", num_inference_steps=10,
