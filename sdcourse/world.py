@@ -357,7 +357,7 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, identifier: st
     if scene.background is not None and chance(P_MENTION_BACKGROUND):
         # A comma keeps "on the left on a gray background" from reading as one place.
         separator = ", " if text.endswith(tuple(POSITION_PHRASES.values())) else " "
-        text += f"{separator}on a {scene.background} background"
+        text += f"{separator}on {_article(scene.background)} {scene.background} background"
     return text
 
 
