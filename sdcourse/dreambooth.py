@@ -196,7 +196,8 @@ class DreamBoothConfig:
         """learning_rate, or the default for this model and method."""
         if self.learning_rate is not None:
             return self.learning_rate
-        full, lora = DEFAULT_LEARNING_RATES["mini" if self.model == "mini" else "sd"]
+        small = self.model == "mini" or (self.resolution is not None and self.resolution <= 128)  # mini-like models
+        full, lora = DEFAULT_LEARNING_RATES["mini" if small else "sd"]
         return lora if self.use_lora else full
 
     @property
