@@ -97,6 +97,7 @@ class MiniTrainConfig:
     ema_decay: float = 0.999
     p_empty_caption: float = 0.1
     snr_gamma: float = 5.0
+    offset_noise: float = 0.15  # see train_unet: SD's schedule leaks the image's mean at t = T on a 16×16 grid
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
     max_minutes: float | None = None  # end this sitting (with a checkpoint) after this long
@@ -411,7 +412,12 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
             "" if rng.random() < config.p_empty_caption else world.caption(data["scenes"][i], rng) for i in index
         ]
         clean = latents[index] * vae.config.scaling_factor
+        # Offset noise (a per-channel constant added to the noise): with SD's schedule, √ᾱ_T ≈ 0.07
+        # keeps the mean of each latent channel (the background colour) visible at the last
+        # timestep on a 16×16 grid, so without it the model reads the background from the noise
+        # and ignores the prompt's; sampling starts from noise whose mean says nothing.
         noise = torch.randn(clean.shape, generator=generator)
+        noise = noise + config.offset_noise * torch.randn(clean.shape[:2] + (1, 1), generator=generator)
         timesteps = torch.from_numpy(rng.integers(0, 1000, config.batch_size))
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         extra, class_labels = variant_inputs(stage, config, data, index, vae, noise_scheduler, generator, rng)
