@@ -547,14 +547,19 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         f"{config['num_scenes']} rendered scenes (seed {config['seed']}), captions re-drawn every step so that",
         f"attributes are sometimes left unsaid, {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
-        f"min-SNR-γ {config['snr_gamma']} loss weights. CPU only: a 2-core machine, "
-        f"{config['num_threads'] or 'all'} training thread(s).",
+        f"min-SNR-γ {config['snr_gamma']} loss weights, offset noise {config.get('offset_noise', 0)} (on a 16×16",
+        "grid SD's schedule leaves each latent channel's mean visible at t = T; without offset noise the",
+        "model took the background colour from the noise instead of the prompt). CPU only, on a 2-core",
+        "machine shared with other work, so the minutes below are upper bounds.",
         "",
         "| stage | component | parameters | steps | minutes |",
         "|---|---|---|---|---|",
         *rows,
         "",
     ]
+    missing = [s for s in STAGES[2:] if not (assets_dir / VARIANT_UNET_FOLDER[s]).is_dir()]
+    if missing:
+        lines += [f"Not in this release yet: the {', '.join(missing)} variant(s).", ""]
     if metrics:
         lines += ["## Measured quality", "", "Judged by `sdcourse.judge` (independent image analysis); "
                   "produced by `benchmarks/mini_quality.py`.", "", "| metric | value |", "|---|---|"]
