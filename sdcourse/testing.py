@@ -442,3 +442,23 @@ def real_pipeline(
     """The full-size pipeline for `layout` and `task` with random weights (0.9–1.3 B parameters, 3.5–5 GB)."""
     components = real_components(layout, task, seed, scheduler)
     return PIPELINE_CLASSES[task](**components)
+
+
+def tiny_task_inputs(task: str, strength: float = 1.0) -> dict:
+    """Pipeline inputs for `task` at the tiny pipelines' size: 64×64 images, 16×16 for upscale."""
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (40, 80, 220))
+    image.paste((220, 40, 40), (16, 16, 48, 48))
+    if task == "text2img":
+        return {"height": 64, "width": 64}
+    if task == "img2img":
+        return {"image": image, "strength": strength}
+    if task == "inpaint":
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))
+        return {"image": image, "mask_image": mask, "height": 64, "width": 64}
+    if task == "depth2img":
+        depth = torch.linspace(0, 1, 64).repeat(64, 1)[None]  # (1, H, W): far on the left, near on the right
+        return {"image": image, "depth_map": depth, "strength": strength}
+    return {"image": image.resize((16, 16)), "noise_level": 20}

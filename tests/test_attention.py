@@ -9,7 +9,7 @@ from PIL import Image
 
 from sdcourse import models, world
 from sdcourse.attention import RecordingProcessor, cross_attention_layers, normalise, overlay, trace
-from sdcourse.testing import real_pipeline, tiny_pipeline
+from sdcourse.testing import real_pipeline, tiny_pipeline, tiny_task_inputs
 
 PROMPT = "a red zigzag on the left and a yellow square on the right"
 # Tiny UNet: three cross-attention layers at 16×16 (64×64 images), one at 8×8 (mid block).
@@ -17,19 +17,7 @@ TINY_GRIDS = {(16, 16): 3, (8, 8): 1}
 
 
 def task_inputs(task: str) -> dict:
-    """Pipeline inputs for `task` at the tiny pipelines' size (64×64 images)."""
-    image = Image.new("RGB", (64, 64), (40, 80, 220))
-    image.paste((220, 40, 40), (16, 16, 48, 48))
-    if task == "text2img":
-        return {"height": 64, "width": 64}
-    if task == "img2img":
-        return {"image": image, "strength": 0.8}
-    if task == "inpaint":
-        mask = Image.new("L", (64, 64), 0)
-        mask.paste(255, (16, 16, 48, 48))
-        return {"image": image, "mask_image": mask, "height": 64, "width": 64}
-    depth = torch.linspace(0, 1, 64).repeat(64, 1)[None]  # depth2img
-    return {"image": image, "depth_map": depth, "strength": 0.8}
+    return tiny_task_inputs(task, strength=0.8)
 
 
 def generate(pipe, prompt=PROMPT, steps=3, seed=0, task="text2img", **kwargs):

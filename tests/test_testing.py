@@ -5,8 +5,6 @@ import gc
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from sdcourse.testing import (
     PIPELINE_CLASSES,
     SCHEDULERS,
@@ -20,28 +18,11 @@ from sdcourse.testing import (
     real_vae,
     tiny_components,
     tiny_pipeline,
+    tiny_task_inputs,
 )
 from sdcourse.tokenizer import load_tokenizer
 
 PROMPT = "a red circle on a blue background"
-
-
-def task_inputs(task: str) -> dict:
-    """Pipeline inputs for `task` at the tiny pipelines' size: 64×64 images, 16×16 for upscale."""
-    image = Image.new("RGB", (64, 64), (40, 80, 220))
-    image.paste((220, 40, 40), (16, 16, 48, 48))
-    if task == "text2img":
-        return {"height": 64, "width": 64}
-    if task == "img2img":
-        return {"image": image, "strength": 1.0}
-    if task == "inpaint":
-        mask = Image.new("L", (64, 64), 0)
-        mask.paste(255, (16, 16, 48, 48))
-        return {"image": image, "mask_image": mask, "height": 64, "width": 64}
-    if task == "depth2img":
-        depth = torch.linspace(0, 1, 64).repeat(64, 1)[None]  # (1, H, W): far on the left, near on the right
-        return {"image": image, "depth_map": depth, "strength": 1.0}
-    return {"image": image.resize((16, 16)), "noise_level": 20}
 
 
 def generate(pipe, task: str, steps: int = 3, seed: int = 0) -> np.ndarray:
@@ -54,7 +35,7 @@ def generate(pipe, task: str, steps: int = 3, seed: int = 0) -> np.ndarray:
         guidance_scale=7.5,
         generator=generator,
         output_type="np",
-        **task_inputs(task),
+        **tiny_task_inputs(task),
     )
     return result.images
 
