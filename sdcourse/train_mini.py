@@ -96,7 +96,10 @@ class MiniTrainConfig:
     warmup_steps: int = 300
     ema_decay: float = 0.999
     p_empty_caption: float = 0.1
+    p_mention_size: float = 0.4  # how often training captions say how large the objects are ...
+    p_mention_position: float = 0.6  # ... and where they are
     snr_gamma: float = 5.0
+    snr_floor: float = 0.0  # see snr_weights: > 0 gives the layout-deciding noise levels more weight
     offset_noise: float = 0.15  # see train_unet: SD's schedule leaks the image's mean at t = T on a 16×16 grid
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
@@ -316,11 +319,18 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256
 # --------------------------------------------------------------------------- stages 2-5: UNet (+ text encoder)
 
 
-def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): faster convergence."""
+def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
+    """Loss weights for epsilon prediction.
+
+    An epsilon error at signal-to-noise ratio snr is an x0 error scaled by √snr, so plain
+    epsilon MSE weighs x0 errors by snr: almost nothing at the high noise levels where the
+    layout (where the objects go) is decided. Min-SNR-γ (Hang et al. 2023) caps the x0
+    weight at `gamma` for the nearly clean timesteps; `floor` keeps it at least `floor` for
+    the noisiest ones (EDM and v-prediction weigh x0 errors about 1 there).
+    """
     alphas_cumprod = scheduler.alphas_cumprod[timesteps]
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    return torch.clamp(snr, max=gamma) / snr
+    return torch.clamp(snr, min=floor, max=gamma) / snr
 
 
 def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
@@ -409,7 +419,10 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         generator = step_generator(config.seed, stage, step)
         index = rng.integers(0, len(latents), config.batch_size)
         captions = [
-            "" if rng.random() < config.p_empty_caption else world.caption(data["scenes"][i], rng) for i in index
+            "" if rng.random() < config.p_empty_caption else world.caption(
+                data["scenes"][i], rng, p_size=config.p_mention_size, p_position=config.p_mention_position
+            )
+            for i in index
         ]
         clean = latents[index] * vae.config.scaling_factor
         # Offset noise (a per-channel constant added to the noise): with SD's schedule, √ᾱ_T ≈ 0.07
@@ -433,7 +446,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
                 encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
         prediction = unet(noisy, timesteps, encoder_hidden_states, class_labels=class_labels).sample
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=[1, 2, 3])
-        loss = (per_sample * snr_weights(noise_scheduler, timesteps, config.snr_gamma)).mean()
+        loss = (per_sample * snr_weights(noise_scheduler, timesteps, config.snr_gamma, config.snr_floor)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -462,7 +475,8 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
     unet.save_pretrained(final / "unet")
     if stage == "base":
         text_encoder.save_pretrained(final / "text_encoder")
-    log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:]))}
+    log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
+           "lr": lr, "snr_gamma": config.snr_gamma, "snr_floor": config.snr_floor}
     (final / "log.json").write_text(json.dumps(log))
     return unet
 
@@ -519,8 +533,11 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         log = stages.get(stage, {})
         minutes = f"{log['seconds'] / 60:.0f}" if "seconds" in log else "?"
         what = {"vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}.get(folder, "UNet2DConditionModel")
+        floor = log.get("snr_floor", 0.0 if stage != "vae" else None)
+        weighting = "" if floor is None else f"min-SNR-{log.get('snr_gamma', config['snr_gamma']):g}" + (
+            f", x0 weight ≥ {floor:g}" if floor else "")
         rows.append(f"| {stage} | `{folder}/` {what} | {count_parameters(assets_dir / folder) / 1e6:.2f} M "
-                    f"| {log.get('steps', '?')} | {minutes} |")
+                    f"| {log.get('steps', '?')} | {minutes} | {weighting} |")
     lines = [
         "---", "library_name: diffusers", "tags: [stable-diffusion, tiny, education]", "---", "",
         "# mini-SD", "",
@@ -545,15 +562,16 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         "",
         "## Training",
         f"{config['num_scenes']} rendered scenes (seed {config['seed']}), captions re-drawn every step so that",
-        f"attributes are sometimes left unsaid, {config['p_empty_caption']:.0%} empty captions (for classifier-free",
+        f"attributes are sometimes left unsaid (sizes said {config.get('p_mention_size', 0.4):.0%} and positions "
+        f"{config.get('p_mention_position', 0.6):.0%} of the time), {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
-        f"min-SNR-γ {config['snr_gamma']} loss weights, offset noise {config.get('offset_noise', 0)} (on a 16×16",
+        f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise {config.get('offset_noise', 0)} (on a 16×16",
         "grid SD's schedule leaves each latent channel's mean visible at t = T; without offset noise the",
         "model took the background colour from the noise instead of the prompt). CPU only, on a 2-core",
         "machine shared with other work, so the minutes below are upper bounds.",
         "",
-        "| stage | component | parameters | steps | minutes |",
-        "|---|---|---|---|---|",
+        "| stage | component | parameters | steps | minutes | loss weighting |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
     ]

@@ -324,25 +324,29 @@ def _noun(obj: SceneObject, generic: bool, identifier: str | None) -> str:
     return obj.shape
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None, identifier: str | None = None) -> str:
+def caption(
+    scene: Scene, rng: np.random.Generator | None = None, identifier: str | None = None,
+    p_size: float = P_MENTION_SIZE, p_position: float = P_MENTION_POSITION,
+) -> str:
     """Describe a scene in words, e.g. "a red circle on the left and a yellow square on
     the right, on a gray background".
 
     Without `rng` the caption names every attribute the scene has (attributes that are
     None are left out). With `rng` it leaves some out, as people do: the background is
     mentioned most of the time, sizes and positions sometimes, and now and then an object
-    is just "a shape". With `identifier` the held-out star is called "<identifier> shape".
+    is just "a shape" (`p_size` and `p_position` set how often sizes and positions are
+    said). With `identifier` the held-out star is called "<identifier> shape".
     """
     full = rng is None
 
     def chance(p: float) -> bool:
         return full or rng.random() < p
 
-    mention_position = chance(P_MENTION_POSITION)
+    mention_position = chance(p_position)
     phrases = []
     for obj in scene.objects:
         words = []
-        if obj.size is not None and chance(P_MENTION_SIZE):
+        if obj.size is not None and chance(p_size):
             words.append(obj.size)
         if obj.colour is not None and chance(P_MENTION_COLOUR):
             words.append(obj.colour)

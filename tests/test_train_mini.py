@@ -116,3 +116,18 @@ def test_checkpoints_are_written_atomically(tmp_path):
     assert meta["step"] == 8 and meta["seconds"] == 2.5
     assert torch.equal(clone.weight, model.weight)
     assert torch.equal(clone_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_loss_weights_cap_clean_and_floor_noisy_timesteps():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**train_mini.noise_scheduler_config())
+    timesteps = torch.tensor([0, 300, 999])
+    snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
+    assert snr[0] > 5 and 0.25 < snr[1] < 5 and snr[2] < 0.25
+    plain = train_mini.snr_weights(scheduler, timesteps, gamma=5.0)
+    torch.testing.assert_close(plain, torch.stack([5 / snr[0], torch.tensor(1.0), torch.tensor(1.0)]))
+    floored = train_mini.snr_weights(scheduler, timesteps, gamma=5.0, floor=0.25)
+    torch.testing.assert_close(floored[:2], plain[:2])
+    # In x0 terms (weight × snr) the noisiest timestep now counts 0.25 instead of its snr (≈ 0.005).
+    torch.testing.assert_close(floored[2] * snr[2], torch.tensor(0.25))

@@ -197,6 +197,15 @@ def test_random_captions_vary_which_attributes_they_mention(scenes):
     assert texts == [caption(scene, again) for scene in scenes]
 
 
+def test_caption_rates_can_be_set_for_training(scenes):
+    rng = np.random.default_rng(0)
+    said = [caption(scene, rng, p_size=1.0, p_position=1.0) for scene in scenes]
+    assert all(any(p in t for p in world.POSITION_PHRASES.values()) for t in said)
+    assert all(t.count("small") + t.count("large") == len(s.objects) for t, s in zip(said, scenes))
+    unsaid = [caption(scene, rng, p_size=0.0, p_position=0.0) for scene in scenes]
+    assert not any(w in t for t in unsaid for w in ("small", "large", "left", "right", "top", "bottom", "center"))
+
+
 def _agrees(parsed: SceneObject, truth: SceneObject) -> bool:
     shape_ok = parsed.shape in (truth.shape, CLASS_NOUN)
     return shape_ok and all(
