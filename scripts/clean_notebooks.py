@@ -21,6 +21,7 @@ def is_checked(cell) -> bool:
 def clean(nb) -> None:
     """Checked cells keep their outputs, numbered 1, 2, … (nbval refuses a reference output
     whose cell has no execution count); every other code cell loses its outputs and count."""
+    nb.metadata.pop("widgets", None)  # saved widget state is output too
     checked = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
