@@ -127,6 +127,7 @@ def test_a_pipeline_object_cannot_be_written_to_a_file(tmp_path):
         (dict(class_prompt="a sks shape and more", instance_prompt="a sks shape"), "has no word that class_prompt"),
         (dict(with_prior_preservation=True, class_prompt=None), "needs a class_prompt"),
         (dict(max_train_steps=0), "max_train_steps=0 must be a whole number"),
+        (dict(offset_noise=-0.1), "offset_noise=-0.1 must be zero or positive"),
         (dict(lr_scheduler="exponential"), "lr_scheduler='exponential' is not one of"),
         (dict(resolution=60), "resolution=60 must be divisible by 8"),
         (dict(use_8bit_adam=True), "use_8bit_adam=True needs a CUDA GPU"),
@@ -281,6 +282,29 @@ def test_prior_loss_is_added_with_its_weight(data):
             losses.append(dreambooth.training_loss(batch, parts, config, torch.Generator().manual_seed(0)).item())
     assert losses[1] - losses[0] > 0
     assert losses[2] - losses[1] == pytest.approx(losses[1] - losses[0], rel=1e-4)
+
+
+def test_offset_noise_adds_one_constant_per_image_and_channel():
+    """With offset_noise the UNet's noisy input differs from the plain one by a spatially constant
+    amount per (image, channel): what the base model saw in training, if it was trained so."""
+    pipe = tiny_pipeline()
+    batch = {"instance": torch.randn(2, 4, 16, 16)}
+    ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
+    parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
+             "instance_embeddings": pipe.text_encoder(ids)[0]}
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        for offset in (0.0, 0.5):
+            config = DreamBoothConfig(offset_noise=offset, with_prior_preservation=False)
+            with torch.no_grad():
+                dreambooth.training_loss(batch, parts, config, torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    difference = seen[1] - seen[0]
+    centred = difference - difference.mean(dim=(2, 3), keepdim=True)
+    assert difference.abs().amin() > 1e-3
+    assert centred.abs().amax() < 1e-5
 
 
 def test_same_seed_same_model_other_seed_other_model(data, tmp_path):
