@@ -229,7 +229,7 @@ PRESETS = {
     # mini-SD on a laptop CPU: 64 px, small batches, a few hundred steps (a few minutes).
     # mini-SD's text encoder never saw "sks" (its embedding is still the random init), so the
     # text encoder is trained too: with it frozen the concept was judged right 0–20 % of the
-    # time, with it trained 50 % (full fine-tuning, 400 steps; benchmarks/dreambooth.py).
+    # time, with it trained 30–50 % (full fine-tuning, 400 steps; benchmarks/dreambooth.py).
     # Offset noise as in mini-SD's own training.
     "cpu-mini": dict(
         model="mini", resolution=64, train_batch_size=4, max_train_steps=400, learning_rate=None, rank=8,

@@ -533,9 +533,11 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         log = stages.get(stage, {})
         minutes = f"{log['seconds'] / 60:.0f}" if "seconds" in log else "?"
         what = {"vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}.get(folder, "UNet2DConditionModel")
-        floor = log.get("snr_floor", 0.0 if stage != "vae" else None)
-        weighting = "" if floor is None else f"min-SNR-{log.get('snr_gamma', config['snr_gamma']):g}" + (
-            f", x0 weight ≥ {floor:g}" if floor else "")
+        weighting = ""
+        if stage != "vae":
+            weighting = f"min-SNR-{log.get('snr_gamma', config['snr_gamma']):g}"
+            if log.get("snr_floor"):
+                weighting += f", x0 weight ≥ {log['snr_floor']:g}"
         rows.append(f"| {stage} | `{folder}/` {what} | {count_parameters(assets_dir / folder) / 1e6:.2f} M "
                     f"| {log.get('steps', '?')} | {minutes} | {weighting} |")
     lines = [
