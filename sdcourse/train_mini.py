@@ -9,13 +9,16 @@ Same classes and layout as SD, sized for two CPU cores:
 - `UNet2DConditionModel` with cross-attention at every resolution that has it in SD
   (CrossAttnDown ×2 + Down, mirrored up, cross-attention mid block), epsilon prediction on
   SD's scaled-linear DDPM schedule;
-- variants in the real channel layouts, each started from the base UNet with zero-initialised
+- a refine stage that continues UNet and text encoder with captions that say sizes and
+  positions more often and more loss weight on the noisiest steps (see `snr_weights`);
+- variants in the real channel layouts, each started from the refined UNet with zero-initialised
   extra input channels, as the real models were: inpaint (9), depth (5), x4 upscale (7).
 
 Stages run in order and each is resumable: `train(config)` skips finished stages and resumes
 an interrupted one from its last checkpoint (safetensors + JSON, written atomically). The data
 order and noise of step `k` depend only on (seed, k), so a resumed run is the run that would
-have happened without the interruption.
+have happened without the interruption. The UNet stages also run on a GPU (`device="cuda"`):
+the same recipe and noise (drawn on the CPU), not bit-identical arithmetic.
 """
 
 import json
@@ -37,9 +40,9 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from . import world
 from .tokenizer import TOKENIZER_DIR, load_tokenizer
 
-STAGES = ("vae", "base", "inpaint", "depth", "upscale")
+STAGES = ("vae", "base", "refine", "inpaint", "depth", "upscale")
 VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5, "upscale": 7}
-VARIANT_UNET_FOLDER = {"base": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
+VARIANT_UNET_FOLDER = {"refine": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
 MAX_NOISE_LEVEL = 350  # StableDiffusionUpscalePipeline's default max_noise_level
 SCALING_FACTOR = 0.08333  # the x4 upscaler's VAE factor (SD 1.x/2.x use 0.18215): see set_latent_spread
 
@@ -89,20 +92,25 @@ class MiniTrainConfig:
     vae_batch_size: int = 24
     vae_lr: float = 1e-3
     vae_crop_fraction: float = 0.7
-    base_steps: int = 12000
+    base_steps: int = 6000
+    refine_steps: int = 3000  # the base continued with fuller captions and more weight on high noise
     variant_steps: dict = field(default_factory=lambda: {"inpaint": 2500, "depth": 2500, "upscale": 2500})
     batch_size: int = 32
     lr: float = 8e-4
     warmup_steps: int = 300
     ema_decay: float = 0.999
     p_empty_caption: float = 0.1
-    p_mention_size: float = 0.4  # how often training captions say how large the objects are ...
-    p_mention_position: float = 0.6  # ... and where they are
+    base_p_mention_size: float = 0.4  # how often the base stage's captions say how large the objects are ...
+    base_p_mention_position: float = 0.6  # ... and where they are
+    p_mention_size: float = 0.7  # the same from the refine stage on
+    p_mention_position: float = 0.8
     snr_gamma: float = 5.0
-    snr_floor: float = 0.0  # see snr_weights: > 0 gives the layout-deciding noise levels more weight
+    base_snr_floor: float = 0.0
+    snr_floor: float = 0.2  # from the refine stage on; see snr_weights: the layout-deciding noise levels
     offset_noise: float = 0.15  # see train_unet: SD's schedule leaks the image's mean at t = T on a 16×16 grid
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
+    device: str = "cpu"  # the UNet stages run the same recipe on "cuda" when one is at hand
     max_minutes: float | None = None  # end this sitting (with a checkpoint) after this long
 
     @property
@@ -117,13 +125,13 @@ def save_checkpoint(folder: Path, step: int, modules: dict, optimizer, ema: dict
     """Write models, EMA and optimizer state as safetensors + JSON; atomically (tmp dir, then rename)."""
     tensors = {}
     for name, module in modules.items():
-        tensors.update({f"model.{name}.{k}": v.detach().contiguous() for k, v in module.state_dict().items()})
+        tensors.update({f"model.{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     if ema is not None:
-        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
+        tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.items()})
     state = optimizer.state_dict()
     for index, param_state in state["state"].items():
         for key, value in param_state.items():
-            tensors[f"optim.{index}.{key}"] = value.contiguous() if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{index}.{key}"] = value.cpu().contiguous() if torch.is_tensor(value) else torch.tensor(value)
     meta = dict(step=step, param_groups=state["param_groups"], **(extra or {}))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -312,30 +320,37 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256
     The VAE may return channels-last tensors; the UNet then computes in a different order
     than it does on the same latents read back from disk, and a resumed run would drift.
     """
-    out = [vae.encode(to_tensor(images[i : i + batch_size])).latent_dist.mean for i in range(0, len(images), batch_size)]
+    out = [
+        vae.encode(to_tensor(images[i : i + batch_size]).to(vae.device)).latent_dist.mean.cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out).contiguous()
 
 
-# --------------------------------------------------------------------------- stages 2-5: UNet (+ text encoder)
+# --------------------------------------------------------------------------- stages 2-6: UNet (+ text encoder)
 
 
-def snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
-    """Loss weights for epsilon prediction.
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
+    """Loss weights per example for the scheduler's prediction type (epsilon or v_prediction).
 
     An epsilon error at signal-to-noise ratio snr is an x0 error scaled by √snr, so plain
     epsilon MSE weighs x0 errors by snr: almost nothing at the high noise levels where the
     layout (where the objects go) is decided. Min-SNR-γ (Hang et al. 2023) caps the x0
     weight at `gamma` for the nearly clean timesteps; `floor` keeps it at least `floor` for
-    the noisiest ones (EDM and v-prediction weigh x0 errors about 1 there).
+    the noisiest ones (EDM weighs x0 errors about 1 there). A v error is an x0 error scaled
+    by √(snr + 1).
     """
-    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps.cpu()]
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    return torch.clamp(snr, min=floor, max=gamma) / snr
+    x0_weight = torch.clamp(snr, min=floor, max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return (x0_weight / (snr + 1)).to(timesteps.device)
+    return (x0_weight / snr).to(timesteps.device)
 
 
 def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 def expand_conv_in(unet: UNet2DConditionModel, in_channels: int, num_class_embeds=None) -> UNet2DConditionModel:
@@ -363,7 +378,7 @@ def variant_inputs(stage: str, config, data, index, vae, noise_scheduler, genera
         images = to_tensor(data["images"][index])
         masked_images = images * (masks < 0.5)
         with torch.no_grad():
-            masked_latents = vae.encode(masked_images).latent_dist.mean * vae.config.scaling_factor
+            masked_latents = vae.encode(masked_images.to(vae.device)).latent_dist.mean.cpu() * vae.config.scaling_factor
         small_masks = F.interpolate(masks, size=masked_latents.shape[-2:])
         return torch.cat([small_masks, masked_latents], dim=1), None
     if stage == "depth":
@@ -384,28 +399,45 @@ def variant_inputs(stage: str, config, data, index, vae, noise_scheduler, genera
 
 
 def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting: Sitting):
-    """Stage "base" trains UNet + text encoder; variants fine-tune a copy of the base UNet."""
+    """Stage "base" trains UNet + text encoder from scratch, "refine" continues both with fuller
+    captions and the x0-weight floor; the variants fine-tune a copy of the refined UNet."""
     stage_dir = config.path / stage
     tokenizer = load_tokenizer()
-    base_dir = config.path / "base" / "final"
     if stage == "base":
         torch.manual_seed(config.seed)
         unet = UNet2DConditionModel(**unet_config())
         text_encoder = CLIPTextModel(text_encoder_config())
         modules = {"unet": unet, "text_encoder": text_encoder}
         steps = config.base_steps
+    elif stage == "refine":
+        unet = UNet2DConditionModel.from_pretrained(config.path / "base" / "final" / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(config.path / "base" / "final" / "text_encoder")
+        modules = {"unet": unet, "text_encoder": text_encoder}
+        steps = config.refine_steps
     else:
-        base_unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
-        unet = expand_conv_in(base_unet, VARIANT_IN_CHANNELS[stage], 1000 if stage == "upscale" else None)
-        text_encoder = CLIPTextModel.from_pretrained(base_dir / "text_encoder")
+        refined = config.path / "refine" / "final"
+        unet = expand_conv_in(
+            UNet2DConditionModel.from_pretrained(refined / "unet"), VARIANT_IN_CHANNELS[stage],
+            1000 if stage == "upscale" else None,
+        )
+        text_encoder = CLIPTextModel.from_pretrained(refined / "text_encoder")
         text_encoder.requires_grad_(False)
         modules = {"unet": unet}
         steps = config.variant_steps[stage]
+    trains_text = stage in ("base", "refine")
+    p_size, p_position = (config.base_p_mention_size, config.base_p_mention_position) if stage == "base" else (
+        config.p_mention_size, config.p_mention_position)
+    snr_floor = config.base_snr_floor if stage == "base" else config.snr_floor
+    device = torch.device(config.device)
+    for m in modules.values():
+        m.to(device)
+    text_encoder.to(device)
+    vae.to(device)
     trainable = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
     ema = {f"{name}.{k}": v.detach().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
     noise_scheduler = DDPMScheduler(**noise_scheduler_config())
-    lr = config.lr if stage == "base" else config.lr / 4
+    lr = config.lr if trains_text else config.lr / 4
 
     start, seconds_before, t0, losses = 0, 0.0, time.time(), []
     if (stage_dir / "checkpoint").exists():
@@ -420,33 +452,38 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         index = rng.integers(0, len(latents), config.batch_size)
         captions = [
             "" if rng.random() < config.p_empty_caption else world.caption(
-                data["scenes"][i], rng, p_size=config.p_mention_size, p_position=config.p_mention_position
+                data["scenes"][i], rng, p_size=p_size, p_position=p_position
             )
             for i in index
         ]
-        clean = latents[index] * vae.config.scaling_factor
+        clean = latents[index].to(device) * vae.config.scaling_factor
         # Offset noise (a per-channel constant added to the noise): with SD's schedule, √ᾱ_T ≈ 0.07
         # keeps the mean of each latent channel (the background colour) visible at the last
         # timestep on a 16×16 grid, so without it the model reads the background from the noise
         # and ignores the prompt's; sampling starts from noise whose mean says nothing.
         noise = torch.randn(clean.shape, generator=generator)
         noise = noise + config.offset_noise * torch.randn(clean.shape[:2] + (1, 1), generator=generator)
+        noise = noise.to(device)  # drawn on the CPU: the same noise on every device
         timesteps = torch.from_numpy(rng.integers(0, 1000, config.batch_size))
+        weights = snr_weights(noise_scheduler, timesteps, config.snr_gamma, snr_floor).to(device)
+        timesteps = timesteps.to(device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         extra, class_labels = variant_inputs(stage, config, data, index, vae, noise_scheduler, generator, rng)
         if extra is not None:
-            noisy = torch.cat([noisy, extra], dim=1)
+            noisy = torch.cat([noisy, extra.to(device)], dim=1)
+        if class_labels is not None:
+            class_labels = class_labels.to(device)
 
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / config.warmup_steps) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        if stage == "base":
+        if trains_text:
             encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
         else:
             with torch.no_grad():
                 encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
         prediction = unet(noisy, timesteps, encoder_hidden_states, class_labels=class_labels).sample
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=[1, 2, 3])
-        loss = (per_sample * snr_weights(noise_scheduler, timesteps, config.snr_gamma, config.snr_floor)).mean()
+        loss = (per_sample * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -473,10 +510,11 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         m.eval()
     final = stage_dir / "final"
     unet.save_pretrained(final / "unet")
-    if stage == "base":
+    if trains_text:
         text_encoder.save_pretrained(final / "text_encoder")
     log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
-           "lr": lr, "snr_gamma": config.snr_gamma, "snr_floor": config.snr_floor}
+           "lr": lr, "snr_gamma": config.snr_gamma, "snr_floor": snr_floor, "p_mention_size": p_size,
+           "p_mention_position": p_position, "device": config.device}
     (final / "log.json").write_text(json.dumps(log))
     return unet
 
@@ -489,12 +527,12 @@ def export(config: MiniTrainConfig, assets_dir: Path, stages=STAGES):
     assets_dir = Path(assets_dir)
     half = dict(dtype=torch.float16)
     AutoencoderKL.from_pretrained(config.path / "vae" / "final", **half).save_pretrained(assets_dir / "vae")
-    base = config.path / "base" / "final"
-    CLIPTextModel.from_pretrained(base / "text_encoder", **half).save_pretrained(assets_dir / "text_encoder")
+    refined = config.path / "refine" / "final"
+    CLIPTextModel.from_pretrained(refined / "text_encoder", **half).save_pretrained(assets_dir / "text_encoder")
     if (assets_dir / "tokenizer").resolve() != TOKENIZER_DIR.resolve():
         shutil.copytree(TOKENIZER_DIR, assets_dir / "tokenizer", dirs_exist_ok=True)
     for stage in stages:
-        if stage == "vae":
+        if stage not in VARIANT_UNET_FOLDER:
             continue
         unet = UNet2DConditionModel.from_pretrained(config.path / stage / "final" / "unet", **half)
         unet.save_pretrained(assets_dir / VARIANT_UNET_FOLDER[stage])
@@ -527,19 +565,25 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
     training = json.loads((assets_dir / "training.json").read_text())
     config, stages = training["config"], training["stages"]
     rows = []
-    for stage, folder in [("vae", "vae"), ("base", "text_encoder")] + [(s, VARIANT_UNET_FOLDER[s]) for s in STAGES[1:]]:
+    text_stages = [(s, f) for s in ("base", "refine") for f in ("text_encoder", "unet")]
+    for stage, folder in [("vae", "vae")] + text_stages + [(s, VARIANT_UNET_FOLDER[s]) for s in STAGES[3:]]:
         if not (assets_dir / folder).is_dir():
             continue
         log = stages.get(stage, {})
         minutes = f"{log['seconds'] / 60:.0f}" if "seconds" in log else "?"
+        if log.get("device", "cpu") != "cpu":
+            minutes += f" ({log['device']})"
         what = {"vae": "AutoencoderKL", "text_encoder": "CLIPTextModel"}.get(folder, "UNet2DConditionModel")
         weighting = ""
         if stage != "vae":
             weighting = f"min-SNR-{log.get('snr_gamma', config['snr_gamma']):g}"
             if log.get("snr_floor"):
                 weighting += f", x0 weight ≥ {log['snr_floor']:g}"
+        said = ""
+        if "p_mention_size" in log:
+            said = f"{log['p_mention_size']:.0%} / {log['p_mention_position']:.0%}"
         rows.append(f"| {stage} | `{folder}/` {what} | {count_parameters(assets_dir / folder) / 1e6:.2f} M "
-                    f"| {log.get('steps', '?')} | {minutes} | {weighting} |")
+                    f"| {log.get('steps', '?')} | {minutes} | {weighting} | {said} |")
     lines = [
         "---", "library_name: diffusers", "tags: [stable-diffusion, tiny, education]", "---", "",
         "# mini-SD", "",
@@ -557,23 +601,24 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         "  trained jointly with the UNet from scratch, as in the latent-diffusion paper (SD froze OpenAI's CLIP).",
         "- UNet: `UNet2DConditionModel`, channels 32/64/128, cross-attention at 16×16 and 8×8 and in the",
         "  middle block (SD: at 64, 32, 16 and the middle), epsilon prediction, SD's scaled-linear DDPM schedule.",
-        "- Variants in the real channel layouts, started from the base UNet with zeroed extra input channels:",
+        "- Variants in the real channel layouts, started from the refined UNet with zeroed extra input channels:",
         "  inpaint (9 = latents + mask + masked-image latents), depth (5 = latents + depth),",
         "  x4 upscale (7 = latents + noised 16×16 RGB, noise level as class label).",
         "- Weights are stored in fp16 (safetensors); pipelines load them as fp32 on CPU.",
         "",
         "## Training",
         f"{config['num_scenes']} rendered scenes (seed {config['seed']}), captions re-drawn every step so that",
-        f"attributes are sometimes left unsaid (sizes said {config.get('p_mention_size', 0.4):.0%} and positions "
-        f"{config.get('p_mention_position', 0.6):.0%} of the time), {config['p_empty_caption']:.0%} empty captions (for classifier-free",
+        "attributes are sometimes left unsaid (the last column: how often sizes / positions are said),",
+        "then a refine stage that continues the base UNet and text encoder with fuller captions and more weight",
+        f"on the noisiest steps, where the layout is decided; {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise {config.get('offset_noise', 0)} (on a 16×16",
         "grid SD's schedule leaves each latent channel's mean visible at t = T; without offset noise the",
-        "model took the background colour from the noise instead of the prompt). CPU only, on a 2-core",
-        "machine shared with other work, so the minutes below are upper bounds.",
+        "model took the background colour from the noise instead of the prompt). Minutes are on a 2-core",
+        "CPU machine shared with other work (upper bounds) unless a device is named beside them.",
         "",
-        "| stage | component | parameters | steps | minutes | loss weighting |",
-        "|---|---|---|---|---|---|",
+        "| stage | component | parameters | steps | minutes | loss weighting | sizes / positions said |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
@@ -606,7 +651,7 @@ def train(config: MiniTrainConfig, stages=STAGES, assets_dir: Path | None = None
     timings["vae"] = time.time() - t0
     if vae is None:
         return dict(seconds=timings, finished=False)
-    vae.eval().requires_grad_(False)
+    vae.eval().requires_grad_(False).to(config.device)
     latents_file = config.path / "data" / "latents.safetensors"
     if latents_file.exists():
         latents = load_file(latents_file)["latents"]

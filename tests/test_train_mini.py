@@ -12,7 +12,7 @@ from sdcourse.train_mini import MiniTrainConfig
 
 def tiny_config(run_dir, **overrides) -> MiniTrainConfig:
     settings = dict(
-        run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, batch_size=2,
+        run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, refine_steps=3, batch_size=2,
         variant_steps={"inpaint": 2, "depth": 2, "upscale": 2}, checkpoint_every=100, warmup_steps=2,
     )
     return MiniTrainConfig(**{**settings, **overrides})
@@ -45,6 +45,17 @@ def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
     card = (assets / "README.md").read_text()
     unet_parameters = sum(t.numel() for t in weights(assets / "unet").values())
     assert f"{unet_parameters / 1e6:.2f} M" in card and "| inpaint | `unet_inpaint/`" in card
+
+
+def test_refine_continues_the_base_with_fuller_captions_and_the_x0_floor(trained):
+    root, _ = trained
+    run = root / "run"
+    base, refine = (json.loads((run / stage / "final" / "log.json").read_text()) for stage in ("base", "refine"))
+    assert (base["p_mention_size"], base["p_mention_position"], base["snr_floor"]) == (0.4, 0.6, 0.0)
+    assert (refine["p_mention_size"], refine["p_mention_position"], refine["snr_floor"]) == (0.7, 0.8, 0.2)
+    assert refine["steps"] == 3 and refine["device"] == "cpu"
+    card = (root / "assets" / "README.md").read_text()
+    assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
 
 
 @pytest.mark.parametrize("task", models.TASKS)
@@ -131,3 +142,17 @@ def test_loss_weights_cap_clean_and_floor_noisy_timesteps():
     torch.testing.assert_close(floored[:2], plain[:2])
     # In x0 terms (weight × snr) the noisiest timestep now counts 0.25 instead of its snr (≈ 0.005).
     torch.testing.assert_close(floored[2] * snr[2], torch.tensor(0.25))
+
+
+def test_loss_weights_for_v_prediction_give_the_same_x0_weights():
+    """A v error is an x0 error times √(snr + 1): the weights differ, the x0 weights do not."""
+    from diffusers import DDPMScheduler
+
+    timesteps = torch.tensor([0, 300, 999])
+    epsilon = DDPMScheduler(**train_mini.noise_scheduler_config())
+    v = DDPMScheduler(**{**train_mini.noise_scheduler_config(), "prediction_type": "v_prediction"})
+    snr = epsilon.alphas_cumprod[timesteps] / (1 - epsilon.alphas_cumprod[timesteps])
+    w_eps = train_mini.snr_weights(epsilon, timesteps, gamma=5.0, floor=0.25)
+    w_v = train_mini.snr_weights(v, timesteps, gamma=5.0, floor=0.25)
+    torch.testing.assert_close(w_v * (snr + 1), w_eps * snr)
+    torch.testing.assert_close(w_v * (snr + 1), torch.stack([torch.tensor(5.0), snr[1], torch.tensor(0.25)]))
