@@ -128,6 +128,9 @@ def test_a_pipeline_object_cannot_be_written_to_a_file(tmp_path):
         (dict(with_prior_preservation=True, class_prompt=None), "needs a class_prompt"),
         (dict(max_train_steps=0), "max_train_steps=0 must be a whole number"),
         (dict(offset_noise=-0.1), "offset_noise=-0.1 must be zero or positive"),
+        (dict(snr_gamma=0.0), "snr_gamma=0.0 must be positive"),
+        (dict(snr_floor=0.2), "snr_floor=0.2 needs snr_gamma set"),
+        (dict(snr_gamma=5.0, snr_floor=6.0), "snr_floor=6.0 needs snr_gamma set and 0 <= snr_floor <= snr_gamma"),
         (dict(lr_scheduler="exponential"), "lr_scheduler='exponential' is not one of"),
         (dict(resolution=60), "resolution=60 must be divisible by 8"),
         (dict(use_8bit_adam=True), "use_8bit_adam=True needs a CUDA GPU"),
@@ -305,6 +308,24 @@ def test_offset_noise_adds_one_constant_per_image_and_channel():
     centred = difference - difference.mean(dim=(2, 3), keepdim=True)
     assert difference.abs().amin() > 1e-3
     assert centred.abs().amax() < 1e-5
+
+
+def test_snr_weighting_reweighs_examples_by_timestep():
+    """snr_gamma very large weighs every example 1 (plain MSE); gamma 5 with a floor changes the loss
+    by exactly the per-example weights of train_mini.snr_weights."""
+    pipe = tiny_pipeline()
+    batch = {"instance": torch.randn(4, 4, 16, 16), "prior": torch.randn(4, 4, 16, 16)}
+    ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
+    embeddings = pipe.text_encoder(ids)[0]
+    parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
+             "instance_embeddings": embeddings, "prior_embeddings": embeddings}
+    losses = {}
+    for name, settings in {"plain": {}, "huge": dict(snr_gamma=1e12), "min_snr": dict(snr_gamma=5.0, snr_floor=0.2)}.items():
+        config = DreamBoothConfig(**settings)
+        with torch.no_grad():
+            losses[name] = dreambooth.training_loss(batch, parts, config, torch.Generator().manual_seed(0)).item()
+    assert losses["huge"] == pytest.approx(losses["plain"], rel=1e-5)
+    assert abs(losses["min_snr"] - losses["plain"]) > 1e-3 * losses["plain"]
 
 
 def test_same_seed_same_model_other_seed_other_model(data, tmp_path):
