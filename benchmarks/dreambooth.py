@@ -135,7 +135,7 @@ def mini_preset_runs() -> list[dict]:
             seconds = time.perf_counter() - started
             if use_lora:
                 after = load_pipeline("mini", device="cpu")
-                after.load_lora_weights(result.output_dir)
+                dreambooth.load_lora_output(after, result.output_dir)
             else:
                 after = StableDiffusionPipeline.from_pretrained(result.output_dir)
             rows.append({
@@ -238,6 +238,8 @@ def main(argv=None):
     parser.add_argument("--gpu", action="store_true", help="SD 1.5 layout at 512 px on CUDA")
     parser.add_argument("--steps", type=int, default=None, help="steps per configuration (CPU 30, GPU 20)")
     parser.add_argument("--no-mini", action="store_true", help="CPU: skip mini-SD even when it is trained")
+    parser.add_argument("--mini-preset-only", action="store_true",
+                        help="CPU: re-measure only the cpu-mini preset on mini-SD, keep the other CPU rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one CPU configuration
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -258,6 +260,11 @@ def main(argv=None):
         if not torch.cuda.is_available():
             sys.exit("--gpu needs a CUDA GPU")
         results["gpu"] = {**stamp, "runs": gpu_mode(args.steps or 20)}
+    elif args.mini_preset_only:
+        if not mini_available():
+            sys.exit("--mini-preset-only needs the trained mini-SD")
+        results.setdefault("cpu", {})["mini_preset"] = mini_preset_runs()
+        results["cpu"]["mini_preset_date"] = stamp["date"]
     else:
         use_mini = mini_available() and not args.no_mini
         results["cpu"] = {**stamp, "runs": cpu_mode(args.steps or 30, ["tiny"] + (["mini"] if use_mini else []))}
