@@ -706,6 +706,20 @@ def identifier_embeddings(text_encoder, tokenizer, config: DreamBoothConfig) -> 
             for i in identifier_token_ids(tokenizer, config)}
 
 
+def save_identifier_embeddings(text_encoder, tokenizer, config: DreamBoothConfig, folder) -> None:
+    """Write the identifier's embeddings to `folder`/IDENTIFIER_EMBEDDINGS (LoRA outputs and checkpoints)."""
+    from safetensors.torch import save_file
+
+    save_file(identifier_embeddings(text_encoder, tokenizer, config), os.path.join(folder, IDENTIFIER_EMBEDDINGS))
+
+
+def load_identifier_embeddings(text_encoder, tokenizer, folder) -> None:
+    """Read `folder`/IDENTIFIER_EMBEDDINGS into the text encoder's token table."""
+    from safetensors.torch import load_file
+
+    set_identifier_embeddings(text_encoder, tokenizer, load_file(os.path.join(folder, IDENTIFIER_EMBEDDINGS)))
+
+
 def set_identifier_embeddings(text_encoder, tokenizer, embeddings: dict) -> None:
     """Write saved identifier embeddings ({token: vector}) into the text encoder's table."""
     table = text_encoder.get_input_embeddings().weight
@@ -717,12 +731,9 @@ def set_identifier_embeddings(text_encoder, tokenizer, embeddings: dict) -> None
 def load_lora_output(pipe, folder) -> None:
     """Load a LoRA DreamBooth output into `pipe` (the base model it was trained from): the LoRA
     weights and, with pivotal tuning, the learned identifier embeddings."""
-    from safetensors.torch import load_file
-
     pipe.load_lora_weights(folder)
-    embeddings = Path(folder) / IDENTIFIER_EMBEDDINGS
-    if embeddings.is_file():
-        set_identifier_embeddings(pipe.text_encoder, pipe.tokenizer, load_file(embeddings))
+    if (Path(folder) / IDENTIFIER_EMBEDDINGS).is_file():
+        load_identifier_embeddings(pipe.text_encoder, pipe.tokenizer, folder)
 
 
 def make_optimizer(params, config: DreamBoothConfig):
@@ -785,9 +796,7 @@ def training_loss(batch: dict, parts: dict, config: DreamBoothConfig, generator:
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
 
     # 3. The prompt of each example: instance prompt, then class prompt.
-    prior_prompt = None
-    if config.with_prior_preservation:  # which class prompt each class example was made from
-        prior_prompt = batch.get("prior_prompt", torch.zeros(len(batch["prior"]), dtype=torch.long))
+    prior_prompt = batch["prior_prompt"] if config.with_prior_preservation else None  # each class example's prompt
     encoder_hidden_states = prompt_embeddings(parts, n_instance, prior_prompt)
 
     # 4. Predict the noise (or velocity, for v-prediction models) and compare.
@@ -929,8 +938,7 @@ def register_lora_checkpoint_hooks(accelerator, unet, text_encoder, tokenizer, c
                 state = {key: value.contiguous() for key, value in state.items()}
                 save_file(state, os.path.join(output_dir, f"{name}_lora.safetensors"))
             if config.train_identifier_embedding:
-                encoder = accelerator.unwrap_model(text_encoder)
-                save_file(identifier_embeddings(encoder, tokenizer, config), os.path.join(output_dir, IDENTIFIER_EMBEDDINGS))
+                save_identifier_embeddings(accelerator.unwrap_model(text_encoder), tokenizer, config, output_dir)
         weights.clear()  # accelerate must not save the full weights as well
 
     def load_lora(models, input_dir):
@@ -938,8 +946,7 @@ def register_lora_checkpoint_hooks(accelerator, unet, text_encoder, tokenizer, c
             state = load_file(os.path.join(input_dir, f"{name}_lora.safetensors"))
             set_peft_model_state_dict(accelerator.unwrap_model(module), state)
         if config.train_identifier_embedding:
-            embeddings = load_file(os.path.join(input_dir, IDENTIFIER_EMBEDDINGS))
-            set_identifier_embeddings(accelerator.unwrap_model(text_encoder), tokenizer, embeddings)
+            load_identifier_embeddings(accelerator.unwrap_model(text_encoder), tokenizer, input_dir)
         models.clear()  # loaded: accelerate must not look for full weights
 
     accelerator.register_save_state_pre_hook(save_lora)
@@ -1436,9 +1443,7 @@ def export(training: Training, config: DreamBoothConfig, n_instance: int, result
     if config.use_lora:
         save_lora_output(tmp, pipe.unet, pipe.text_encoder if config.train_text_encoder else None)
         if config.train_identifier_embedding:
-            from safetensors.torch import save_file
-
-            save_file(identifier_embeddings(pipe.text_encoder, pipe.tokenizer, config), tmp / IDENTIFIER_EMBEDDINGS)
+            save_identifier_embeddings(pipe.text_encoder, pipe.tokenizer, config, tmp)
     else:
         if training.accelerator.mixed_precision != "no":
             # Frozen parts are saved as they came: mixed precision rounded ours, so load them again.

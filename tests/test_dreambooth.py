@@ -343,7 +343,8 @@ def test_the_model_learns_the_instance_images(data, tmp_path):
 def test_prior_loss_is_added_with_its_weight(data):
     """loss = instance MSE + prior_loss_weight × prior MSE: linear in the weight, with a positive slope."""
     pipe = tiny_pipeline()
-    batch = {"instance": torch.randn(2, 4, 16, 16), "prior": torch.randn(2, 4, 16, 16)}
+    batch = {"instance": torch.randn(2, 4, 16, 16), "prior": torch.randn(2, 4, 16, 16),
+             "prior_prompt": torch.tensor([0, 0])}
     ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
     parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
              "instance_embeddings": pipe.text_encoder(ids)[0], "prior_embeddings": pipe.text_encoder(ids)[0]}
@@ -383,7 +384,8 @@ def test_snr_weighting_reweighs_examples_by_timestep():
     """snr_gamma very large weighs every example 1 (plain MSE); gamma 5 with a floor changes the loss
     by exactly the per-example weights of train_mini.snr_weights."""
     pipe = tiny_pipeline()
-    batch = {"instance": torch.randn(4, 4, 16, 16), "prior": torch.randn(4, 4, 16, 16)}
+    batch = {"instance": torch.randn(4, 4, 16, 16), "prior": torch.randn(4, 4, 16, 16),
+             "prior_prompt": torch.zeros(4, dtype=torch.long)}
     ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
     embeddings = pipe.text_encoder(ids)[0]
     parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
