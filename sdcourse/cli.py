@@ -89,7 +89,8 @@ def cmd_dreambooth(args):
 
 # The DreamBoothConfig fields that `sdcourse dreambooth` takes as options (any other: --set FIELD=VALUE).
 DREAMBOOTH_OPTIONS = {
-    "model": str, "instance_data_dir": str, "instance_prompt": str, "class_prompt": str, "class_data_dir": str,
+    "model": str, "instance_data_dir": str, "instance_prompt": str, "caption_extension": str, "class_prompt": str,
+    "class_data_dir": str,
     "output_dir": str, "max_train_steps": int, "learning_rate": float, "train_batch_size": int, "rank": int,
     "resume_from_checkpoint": str, "seed": int,
 }

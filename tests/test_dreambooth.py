@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -307,8 +308,76 @@ def test_several_class_prompts_take_turns_in_images_and_training(data, tmp_path)
     with torch.no_grad():
         table = pipe.text_encoder(ids)[0]
     parts = {"instance_embeddings": table[:1], "prior_embeddings": table[1:]}
-    states = dreambooth.prompt_embeddings(parts, 2, torch.tensor([1, 0, 1]))
+    states = dreambooth.prompt_embeddings(parts, torch.tensor([0, 0]), torch.tensor([1, 0, 1]))
     assert [next(k for k in range(3) if torch.equal(state, table[k])) for state in states] == [0, 0, 2, 1, 2]
+
+
+def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
+    """With caption_extension each image trains with its own caption: the dataset pairs example i
+    with prompt i, and prepare_data encodes the captions in the images' order."""
+    folder = dreambooth.write_concept_images(tmp_path / "instance", n=3, caption_extension=".txt")
+    config = DreamBoothConfig(instance_data_dir=str(folder), caption_extension=".txt", with_prior_preservation=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DreamBoothWarning)  # the caption files are not "unreadable images"
+        images, prompts = dreambooth.load_instance_data(config, 64)
+    scenes = dreambooth.concept_scenes(3)
+    assert prompts == [f"a sks shape on {'an' if s.background[0] in 'aeiou' else 'a'} {s.background} background"
+                       for s in scenes]
+    assert [np.asarray(image).tolist() for image in images] == [np.asarray(world.render_pil(s)).tolist() for s in scenes]
+
+    pipe = tiny()
+    dataloader, parts = dreambooth.prepare_data(pipe, config, images, prompts, None, 64, torch.device("cpu"))
+    dataset = dataloader.dataset
+    assert [dataset[i]["instance_prompt"] for i in range(3)] == [0, 1, 2]
+    with torch.no_grad():
+        expected = pipe.text_encoder(torch.cat([dreambooth.encode_prompt_ids(pipe.tokenizer, p) for p in prompts]))[0]
+    assert torch.equal(parts["instance_embeddings"], expected)
+    states = dreambooth.prompt_embeddings(parts, torch.tensor([2, 0]))
+    assert torch.equal(states[0], expected[2]) and torch.equal(states[1], expected[0])
+
+    plain = DreamBoothConfig(instance_data_dir=str(folder), with_prior_preservation=False)
+    with pytest.warns(DreamBoothWarning, match="instance_00.txt"):  # without captions, text files are odd files
+        assert dreambooth.load_instance_data(plain, 64)[1] == ["a sks shape"]
+
+
+def test_concept_class_prompts_name_a_colour_and_another_background():
+    prompts = dreambooth.concept_class_prompts()
+    assert len(set(prompts)) == 64
+    scenes = [world.parse_caption(prompt) for prompt in prompts]
+    assert all(len(s.objects) == 1 and s.objects[0].shape == world.CLASS_NOUN for s in scenes)
+    assert all(s.objects[0].colour in world.COLOURS and s.background not in (None, s.objects[0].colour) for s in scenes)
+    assert {s.objects[0].colour for s in scenes} == set(world.COLOURS)
+    assert dreambooth.concept_class_prompts(5) == prompts[:5]
+    with pytest.raises(ValueError, match="n=73 must be between 1 and 72"):
+        dreambooth.concept_class_prompts(73)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "no caption file for instance_01.png"),
+    ("no identifier", "instance_01.txt must name the subject with its identifier 'sks'"),
+    ("suffix", "must be a file suffix such as '.txt'"),
+])
+def test_bad_captions_are_clear_errors(data, tmp_path, problem, message):
+    folder = dreambooth.write_concept_images(tmp_path / "instance", n=2, caption_extension=".txt")
+    extension = ".txt"
+    if problem == "missing":
+        (folder / "instance_01.txt").unlink()
+    elif problem == "no identifier":
+        (folder / "instance_01.txt").write_text("a shape on a red background")
+    else:
+        extension = "txt"
+    config = make_config(data, tmp_path, instance_data_dir=str(folder), caption_extension=extension)
+    with pytest.raises(ValueError, match=message):
+        train_dreambooth(config, progress=False)
+    assert written(tmp_path) == []
+
+
+def test_training_with_captions_says_so_in_the_model_card(data, tmp_path):
+    folder = dreambooth.write_concept_images(tmp_path / "instance", n=2, caption_extension=".txt")
+    result = train_dreambooth(make_config(data, tmp_path, instance_data_dir=str(folder), caption_extension=".txt",
+                                          use_lora=True, max_train_steps=2), progress=False)
+    assert result.finished and (Path(result.output_dir) / LORA_FILE).is_file()
+    assert "| instance prompts | one caption per image (*.txt) |" in (Path(result.output_dir) / "README.md").read_text()
 
 
 @pytest.mark.parametrize("prompt", [["a shape", ""], 3])
@@ -344,7 +413,7 @@ def test_prior_loss_is_added_with_its_weight(data):
     """loss = instance MSE + prior_loss_weight × prior MSE: linear in the weight, with a positive slope."""
     pipe = tiny_pipeline()
     batch = {"instance": torch.randn(2, 4, 16, 16), "prior": torch.randn(2, 4, 16, 16),
-             "prior_prompt": torch.tensor([0, 0])}
+             "instance_prompt": torch.tensor([0, 0]), "prior_prompt": torch.tensor([0, 0])}
     ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
     parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
              "instance_embeddings": pipe.text_encoder(ids)[0], "prior_embeddings": pipe.text_encoder(ids)[0]}
@@ -361,7 +430,7 @@ def test_offset_noise_adds_one_constant_per_image_and_channel():
     """With offset_noise the UNet's noisy input differs from the plain one by a spatially constant
     amount per (image, channel): what the base model saw in training, if it was trained so."""
     pipe = tiny_pipeline()
-    batch = {"instance": torch.randn(2, 4, 16, 16)}
+    batch = {"instance": torch.randn(2, 4, 16, 16), "instance_prompt": torch.tensor([0, 0])}
     ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
     parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
              "instance_embeddings": pipe.text_encoder(ids)[0]}
@@ -385,7 +454,7 @@ def test_snr_weighting_reweighs_examples_by_timestep():
     by exactly the per-example weights of train_mini.snr_weights."""
     pipe = tiny_pipeline()
     batch = {"instance": torch.randn(4, 4, 16, 16), "prior": torch.randn(4, 4, 16, 16),
-             "prior_prompt": torch.zeros(4, dtype=torch.long)}
+             "instance_prompt": torch.zeros(4, dtype=torch.long), "prior_prompt": torch.zeros(4, dtype=torch.long)}
     ids = dreambooth.encode_prompt_ids(pipe.tokenizer, "a sks shape")
     embeddings = pipe.text_encoder(ids)[0]
     parts = {"unet": pipe.unet, "vae": pipe.vae, "noise_scheduler": pipe.scheduler,
@@ -572,7 +641,7 @@ def mini_runs(tmp_path_factory):
     from sdcourse import load_pipeline
 
     root = tmp_path_factory.mktemp("mini-dreambooth")
-    dreambooth.write_concept_images(root / "instance", n=8)
+    dreambooth.write_concept_images(root / "instance", n=8, caption_extension=".txt")
     before = dreambooth.concept_scores(load_pipeline("mini", device="cpu"))
     cache = {}
 
@@ -582,7 +651,7 @@ def mini_runs(tmp_path_factory):
             config = DreamBoothConfig.from_preset(
                 "cpu-mini", instance_data_dir=str(root / "instance"), class_data_dir=str(root / "class"),
                 output_dir=str(root / f"out-{use_lora}-{with_prior_preservation}"), use_lora=use_lora,
-                with_prior_preservation=with_prior_preservation,
+                with_prior_preservation=with_prior_preservation, **dreambooth.concept_settings(),
             )
             result = train_dreambooth(config, progress=False)
             if use_lora:
@@ -612,22 +681,18 @@ def test_mini_learns_the_concept_with_prior_preservation(mini_runs, use_lora):
 @needs_mini
 @pytest.mark.slow
 @pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
-@pytest.mark.xfail(reason="bar not met on mini-SD yet: class accuracy 0.96 before, after the cpu-mini preset 0.56 "
-                          "(LoRA, drop 0.41) / 0.48 (full, drop 0.48), bar: drop at most 0.10. The class prompt "
-                          "'a shape' names no colour; class prompts with colours kept the class better (drop "
-                          "0.15-0.22) but broke composition (0.0-0.08); see chapter 5, section 8")
 def test_mini_prior_preservation_keeps_the_class(mini_runs, use_lora):
+    """At most 10 points of class accuracy lost (measured: 0.92 -> 0.84 LoRA, 0.82 full)."""
     before, scores_after = mini_runs
-    assert before["class"] - scores_after(use_lora)["class"] <= 0.10
+    drop = before["class"] - scores_after(use_lora)["class"]
+    assert round(drop, 6) <= 0.10  # 9 images in 90 are exactly 10 points
 
 
 @needs_mini
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured on mini-SD with the cpu-mini preset: class drop 0.19 without prior preservation, "
-                          "0.41 with it (LoRA): the colourless class prompt 'a shape' does not protect colours")
-def test_mini_without_prior_preservation_drifts_at_least_as_much(mini_runs):
+def test_mini_without_prior_preservation_drifts_more(mini_runs):
     before, scores_after = mini_runs
     drop_with = before["class"] - scores_after(True)["class"]
     drop_without = before["class"] - scores_after(True, with_prior_preservation=False)["class"]
     print(f"\nclass accuracy drop: {drop_with:.2f} with prior preservation, {drop_without:.2f} without")
-    assert drop_without >= drop_with - 0.05
+    assert drop_without >= drop_with + 0.10  # measured: 0.36 vs 0.08
