@@ -124,11 +124,12 @@ def mini_preset_runs() -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
-        dreambooth.write_concept_images(workdir / "instance", n=8)
+        dreambooth.write_concept_images(workdir / "instance", n=8, caption_extension=".txt")
         for use_lora, prior in ((True, True), (False, True), (True, False)):
             config = dreambooth.DreamBoothConfig.from_preset(
                 "cpu-mini", instance_data_dir=str(workdir / "instance"), use_lora=use_lora,
                 with_prior_preservation=prior, output_dir=str(workdir / f"out-{use_lora}-{prior}"),
+                **dreambooth.concept_settings(),
             )
             started = time.perf_counter()
             result = dreambooth.train_dreambooth(config, progress=False)
