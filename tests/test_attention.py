@@ -1,5 +1,6 @@
 """Cross-attention recording (sdcourse.attention): exact outputs, running sums, filters, maps, restoring."""
 
+import functools
 import gc
 
 import numpy as np
@@ -389,14 +390,13 @@ def test_real_layouts_trace_exactly_with_their_head_counts(real):
 # --- mini-SD: maps land on the objects ----------------------------------------------------
 
 
-@pytest.mark.skipif(not models.mini_available(), reason="mini-SD not trained yet")
-@pytest.mark.xfail(reason="bar not met by the shipped mini-SD yet: own map beats the swapped word in 48 of 64 maps, "
-                          "75 % (bar: more than 75 %); mean IoU own 0.44, other 0.13 (both of those bars met)")
-def test_mini_word_maps_overlap_their_objects():
-    """img2img (strength 0.6) on rendered two-object scenes: the masks are known.
+@functools.cache
+def mini_word_map_ious() -> tuple[np.ndarray, np.ndarray]:
+    """img2img (strength 0.6) on rendered two-object scenes, whose masks are known: the IoU of each
+    object's word map with that object's mask and with the other object's mask.
 
     The map of "<colour> <shape>" (unique in the caption: the two colours differ), thresholded
-    at 0.5, is compared with that object's mask and with the other object's mask.
+    at 0.5, over all cross-attention layers.
     """
     pipe = models.load_pipeline("mini", task="img2img", device="cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -414,13 +414,28 @@ def test_mini_word_maps_overlap_their_objects():
                 heatmap = tc.word_heatmap(f"{obj.colour} {obj.shape}", size=64, prompt_index=i) > 0.5
                 own.append(iou(heatmap, rendered.masks[k]))
                 other.append(iou(heatmap, rendered.masks[1 - k]))
-    own_mean, other_mean = float(np.mean(own)), float(np.mean(other))
-    wins = float(np.mean(np.array(own) > np.array(other)))
-    print(f"mini-SD attention: mean IoU own object {own_mean:.3f}, other object {other_mean:.3f}, "
-          f"own > other in {wins:.0%} of {len(own)} object maps")
-    assert own_mean > 0.3
-    assert own_mean > other_mean + 0.15
-    assert wins > 0.75
+    own, other = np.array(own), np.array(other)
+    print(f"mini-SD attention: mean IoU own object {own.mean():.3f}, other object {other.mean():.3f}, "
+          f"own > other in {np.mean(own > other):.0%} of {len(own)} object maps")
+    return own, other
+
+
+@pytest.mark.skipif(not models.mini_available(), reason="mini-SD not trained yet")
+def test_mini_word_maps_overlap_their_objects():
+    """Each object word's map lies on its own object, well above the swapped word's (measured: mean
+    IoU 0.44 with the own object, 0.13 with the other)."""
+    own, other = mini_word_map_ious()
+    assert own.mean() > 0.3
+    assert own.mean() > other.mean() + 0.15
+
+
+@pytest.mark.skipif(not models.mini_available(), reason="mini-SD not trained yet")
+@pytest.mark.xfail(reason="stricter bar, not met by the shipped mini-SD yet: the own map beats the swapped word in "
+                          "48 of 64 maps, 75 % (bar: more than 75 %); a UNet continued with multi-resolution noise "
+                          "reached 84 % (not shipped yet)")
+def test_mini_word_maps_beat_the_swapped_word_for_most_objects():
+    own, other = mini_word_map_ious()
+    assert np.mean(own > other) > 0.75
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
