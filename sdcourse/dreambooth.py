@@ -542,12 +542,12 @@ def load_instance_data(config: DreamBoothConfig, resolution: int) -> tuple[list[
         raise ValueError(f"caption_extension={ext!r}: no caption file for {', '.join(missing)} "
                          f"(expected e.g. {Path(missing[0]).stem}{ext} with the image's prompt).")
     prompts = [path.with_suffix(ext).read_text(encoding="utf-8").strip() for path in images]
-    need = identifier_words(config)
+    need = identifier_words(config) or _words(config.instance_prompt)  # without class prompts: the whole prompt
     lacking = [path.with_suffix(ext).name for path, prompt in zip(images, prompts)
-               if not prompt or any(word not in _words(prompt) for word in need)]
+               if any(word not in _words(prompt) for word in need)]
     if lacking:
         raise ValueError(f"caption_extension={ext!r}: {', '.join(lacking)} must name the subject with its "
-                         f"identifier {' '.join(need) or config.instance_prompt!r}, e.g. {config.instance_prompt!r}.")
+                         f"identifier {' '.join(need)!r}, e.g. {config.instance_prompt!r}.")
     return list(images.values()), prompts
 
 
@@ -1562,19 +1562,16 @@ def concept_class_prompts(n: int = 64, seed: int = 0) -> list[str]:
     """`n` different class prompts that each name a colour and a background ("a red shape on a
     blue background"), for prior preservation on the shapes world.
 
-    The class prompt "a shape" alone protects only itself: after training, "a red shape" drew the
-    star in 40 % of the images. Class images of every colour on every background keep those words
+    The class prompt "a shape" alone protects only itself: after training, "a red shape" and the
+    other colours were right in about half of the images (0.56 LoRA, 0.48 full). Class images of every colour on every background keep those words
     meaning what they meant, and since the instance captions also name the background
     (`concept_caption`), "sks" is left as the one word that means "the star"."""
     pairs = [(colour, background) for colour in world.COLOURS for background in world.COLOURS if colour != background]
-    order = np.random.default_rng(seed).permutation(len(pairs))
     if not 1 <= n <= len(pairs):
         raise ValueError(f"n={n!r} must be between 1 and {len(pairs)} (the colour-background pairs).")
-    prompts = []
-    for i in order[:n]:
-        colour, background = pairs[i]
-        prompts.append(world.caption(world.Scene(background, [world.SceneObject(shape=None, colour=colour)])))
-    return prompts
+    chosen = [pairs[i] for i in np.random.default_rng(seed).permutation(len(pairs))[:n]]
+    return [world.caption(world.Scene(background, [world.SceneObject(shape=None, colour=colour)]))
+            for colour, background in chosen]
 
 
 def concept_settings() -> dict:
