@@ -11,8 +11,11 @@ Same classes and layout as SD, sized for two CPU cores:
   SD's scaled-linear DDPM schedule;
 - a refine stage that continues UNet and text encoder with captions that say sizes and
   positions more often and more loss weight on the noisiest steps (see `snr_weights`);
-- variants in the real channel layouts, each started from the refined UNet with zero-initialised
-  extra input channels, as the real models were: inpaint (9), depth (5), x4 upscale (7).
+- a layout stage that continues both again with captions that almost always say positions and
+  pyramid noise (see `training_noise`), so that "on the left" moves the object;
+- variants in the real channel layouts, each started from the layout stage's UNet with
+  zero-initialised extra input channels, as the real models were: inpaint (9), depth (5),
+  x4 upscale (7).
 
 Stages run in order and each is resumable: `train(config)` skips finished stages and resumes
 an interrupted one from its last checkpoint (safetensors + JSON, written atomically). The data
@@ -40,9 +43,11 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from . import world
 from .tokenizer import TOKENIZER_DIR, load_tokenizer
 
-STAGES = ("vae", "base", "refine", "inpaint", "depth", "upscale")
+STAGES = ("vae", "base", "refine", "layout", "inpaint", "depth", "upscale")
+TEXT_STAGES = ("base", "refine", "layout")  # train the UNet and the text encoder together
+STARTS_FROM = {"refine": "base", "layout": "refine", "inpaint": "layout", "depth": "layout", "upscale": "layout"}
 VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5, "upscale": 7}
-VARIANT_UNET_FOLDER = {"refine": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
+UNET_FOLDER = {"layout": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
 MAX_NOISE_LEVEL = 350  # StableDiffusionUpscalePipeline's default max_noise_level
 SCALING_FACTOR = 0.08333  # the x4 upscaler's VAE factor (SD 1.x/2.x use 0.18215): see set_latent_spread
 
@@ -94,6 +99,7 @@ class MiniTrainConfig:
     vae_crop_fraction: float = 0.7
     base_steps: int = 6000
     refine_steps: int = 3000  # the base continued with fuller captions and more weight on high noise
+    layout_steps: int = 3000  # the refined model continued with positions said and pyramid noise
     variant_steps: dict = field(default_factory=lambda: {"inpaint": 2500, "depth": 2500, "upscale": 2500})
     batch_size: int = 32
     lr: float = 8e-4
@@ -104,10 +110,12 @@ class MiniTrainConfig:
     base_p_mention_position: float = 0.6  # ... and where they are
     p_mention_size: float = 0.7  # the same from the refine stage on
     p_mention_position: float = 0.8
+    layout_p_mention_position: float = 0.9  # the layout stage's
     snr_gamma: float = 5.0
     base_snr_floor: float = 0.0
     snr_floor: float = 0.2  # from the refine stage on; see snr_weights: the layout-deciding noise levels
-    offset_noise: float = 0.15  # see train_unet: SD's schedule leaks the image's mean at t = T on a 16×16 grid
+    offset_noise: float = 0.15  # see training_noise: SD's schedule leaks the image's mean at t = T on a 16×16 grid
+    pyramid_noise_discount: float = 0.8  # from the layout stage on; see training_noise
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"  # the UNet stages run the same recipe on "cuda" when one is at hand
@@ -348,6 +356,29 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, floor: float =
     return (x0_weight / snr).to(timesteps.device)
 
 
+def training_noise(shape, generator: torch.Generator, offset: float, pyramid_discount: float = 0.0) -> torch.Tensor:
+    """Gaussian noise for one training batch, with offset noise and optionally pyramid noise.
+
+    Offset noise (a per-channel constant added to the noise): with SD's schedule, √ᾱ_T ≈ 0.07
+    keeps the mean of each latent channel (the background colour) visible at the last timestep
+    on a 16×16 grid, so without it the model reads the background from the noise and ignores
+    the prompt's; sampling starts from noise whose mean says nothing.
+
+    Pyramid noise (multi-resolution noise) adds upsampled noise at 8×8, 4×4, 2×2 and 1×1 with
+    weights discount, discount², ...: white noise on a 16×16 grid hides fine detail long before
+    it hides where an object is, so the noisy latents still show the layout at timesteps the
+    model sees; with coarse noise it has to take the layout, "on the left", from the caption.
+    """
+    noise = torch.randn(shape, generator=generator)
+    if pyramid_discount > 0:
+        size = shape[-1]
+        for level in range(1, int(math.log2(size)) + 1):
+            coarse = torch.randn(shape[:2] + (size >> level, size >> level), generator=generator)
+            noise = noise + F.interpolate(coarse, size=shape[-2:], mode="bilinear") * pyramid_discount**level
+        noise = noise / noise.std(dim=(1, 2, 3), keepdim=True)
+    return noise + offset * torch.randn(shape[:2] + (1, 1), generator=generator)
+
+
 def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
@@ -399,35 +430,36 @@ def variant_inputs(stage: str, config, data, index, vae, noise_scheduler, genera
 
 
 def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting: Sitting):
-    """Stage "base" trains UNet + text encoder from scratch, "refine" continues both with fuller
-    captions and the x0-weight floor; the variants fine-tune a copy of the refined UNet."""
+    """Stage "base" trains UNet + text encoder from scratch, "refine" and then "layout" continue
+    both (see `MiniTrainConfig`); the variants fine-tune a copy of the layout stage's UNet."""
     stage_dir = config.path / stage
     tokenizer = load_tokenizer()
+    trains_text = stage in TEXT_STAGES
     if stage == "base":
         torch.manual_seed(config.seed)
         unet = UNet2DConditionModel(**unet_config())
         text_encoder = CLIPTextModel(text_encoder_config())
-        modules = {"unet": unet, "text_encoder": text_encoder}
-        steps = config.base_steps
-    elif stage == "refine":
-        unet = UNet2DConditionModel.from_pretrained(config.path / "base" / "final" / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(config.path / "base" / "final" / "text_encoder")
-        modules = {"unet": unet, "text_encoder": text_encoder}
-        steps = config.refine_steps
     else:
-        refined = config.path / "refine" / "final"
-        unet = expand_conv_in(
-            UNet2DConditionModel.from_pretrained(refined / "unet"), VARIANT_IN_CHANNELS[stage],
-            1000 if stage == "upscale" else None,
-        )
-        text_encoder = CLIPTextModel.from_pretrained(refined / "text_encoder")
+        start = config.path / STARTS_FROM[stage] / "final"
+        if not (start / "unet").is_dir():
+            raise ValueError(f"stages: {stage!r} starts from the finished {STARTS_FROM[stage]!r} stage, which is not in "
+                             f"{config.path}; train {STARTS_FROM[stage]!r} first (include it in --stages)")
+        unet = UNet2DConditionModel.from_pretrained(start / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder")
+    if trains_text:
+        modules = {"unet": unet, "text_encoder": text_encoder}
+        steps = {"base": config.base_steps, "refine": config.refine_steps, "layout": config.layout_steps}[stage]
+        lr = config.lr / 2 if stage == "layout" else config.lr
+    else:
+        unet = expand_conv_in(unet, VARIANT_IN_CHANNELS[stage], 1000 if stage == "upscale" else None)
         text_encoder.requires_grad_(False)
         modules = {"unet": unet}
         steps = config.variant_steps[stage]
-    trains_text = stage in ("base", "refine")
+        lr = config.lr / 4
     p_size, p_position = (config.base_p_mention_size, config.base_p_mention_position) if stage == "base" else (
-        config.p_mention_size, config.p_mention_position)
+        config.p_mention_size, config.layout_p_mention_position if stage == "layout" else config.p_mention_position)
     snr_floor = config.base_snr_floor if stage == "base" else config.snr_floor
+    pyramid_discount = 0.0 if stage in ("base", "refine") else config.pyramid_noise_discount
     device = torch.device(config.device)
     for m in modules.values():
         m.to(device)
@@ -437,7 +469,6 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
     ema = {f"{name}.{k}": v.detach().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
     noise_scheduler = DDPMScheduler(**noise_scheduler_config())
-    lr = config.lr if trains_text else config.lr / 4
 
     start, seconds_before, t0, losses = 0, 0.0, time.time(), []
     if (stage_dir / "checkpoint").exists():
@@ -457,12 +488,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
             for i in index
         ]
         clean = latents[index].to(device) * vae.config.scaling_factor
-        # Offset noise (a per-channel constant added to the noise): with SD's schedule, √ᾱ_T ≈ 0.07
-        # keeps the mean of each latent channel (the background colour) visible at the last
-        # timestep on a 16×16 grid, so without it the model reads the background from the noise
-        # and ignores the prompt's; sampling starts from noise whose mean says nothing.
-        noise = torch.randn(clean.shape, generator=generator)
-        noise = noise + config.offset_noise * torch.randn(clean.shape[:2] + (1, 1), generator=generator)
+        noise = training_noise(clean.shape, generator, config.offset_noise, pyramid_discount)
         noise = noise.to(device)  # drawn on the CPU: the same noise on every device
         timesteps = torch.from_numpy(rng.integers(0, 1000, config.batch_size))
         weights = snr_weights(noise_scheduler, timesteps, config.snr_gamma, snr_floor).to(device)
@@ -514,7 +540,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         text_encoder.save_pretrained(final / "text_encoder")
     log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
            "lr": lr, "snr_gamma": config.snr_gamma, "snr_floor": snr_floor, "p_mention_size": p_size,
-           "p_mention_position": p_position, "device": config.device}
+           "p_mention_position": p_position, "pyramid_noise_discount": pyramid_discount, "device": config.device}
     (final / "log.json").write_text(json.dumps(log))
     return unet
 
@@ -527,15 +553,15 @@ def export(config: MiniTrainConfig, assets_dir: Path, stages=STAGES):
     assets_dir = Path(assets_dir)
     half = dict(dtype=torch.float16)
     AutoencoderKL.from_pretrained(config.path / "vae" / "final", **half).save_pretrained(assets_dir / "vae")
-    refined = config.path / "refine" / "final"
-    CLIPTextModel.from_pretrained(refined / "text_encoder", **half).save_pretrained(assets_dir / "text_encoder")
+    CLIPTextModel.from_pretrained(config.path / "layout" / "final" / "text_encoder", **half).save_pretrained(
+        assets_dir / "text_encoder")
     if (assets_dir / "tokenizer").resolve() != TOKENIZER_DIR.resolve():
         shutil.copytree(TOKENIZER_DIR, assets_dir / "tokenizer", dirs_exist_ok=True)
     for stage in stages:
-        if stage not in VARIANT_UNET_FOLDER:
+        if stage not in UNET_FOLDER:
             continue
         unet = UNet2DConditionModel.from_pretrained(config.path / stage / "final" / "unet", **half)
-        unet.save_pretrained(assets_dir / VARIANT_UNET_FOLDER[stage])
+        unet.save_pretrained(assets_dir / UNET_FOLDER[stage])
     DDIMScheduler(**noise_scheduler_config(), set_alpha_to_one=False).save_pretrained(assets_dir / "scheduler")
     DDPMScheduler(**noise_scheduler_config()).save_pretrained(assets_dir / "low_res_scheduler")
     index = {
@@ -565,8 +591,8 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
     training = json.loads((assets_dir / "training.json").read_text())
     config, stages = training["config"], training["stages"]
     rows = []
-    text_stages = [(s, f) for s in ("base", "refine") for f in ("text_encoder", "unet")]
-    for stage, folder in [("vae", "vae")] + text_stages + [(s, VARIANT_UNET_FOLDER[s]) for s in STAGES[3:]]:
+    text_stages = [(s, f) for s in TEXT_STAGES for f in ("text_encoder", "unet")]
+    for stage, folder in [("vae", "vae")] + text_stages + [(s, UNET_FOLDER[s]) for s in VARIANT_IN_CHANNELS]:
         if not (assets_dir / folder).is_dir():
             continue
         log = stages.get(stage, {})
@@ -579,6 +605,8 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
             weighting = f"min-SNR-{log.get('snr_gamma', config['snr_gamma']):g}"
             if log.get("snr_floor"):
                 weighting += f", x0 weight ≥ {log['snr_floor']:g}"
+            if log.get("pyramid_noise_discount"):
+                weighting += f"; pyramid noise {log['pyramid_noise_discount']:g}"
         said = ""
         if "p_mention_size" in log:
             said = f"{log['p_mention_size']:.0%} / {log['p_mention_position']:.0%}"
@@ -601,7 +629,7 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         "  trained jointly with the UNet from scratch, as in the latent-diffusion paper (SD froze OpenAI's CLIP).",
         "- UNet: `UNet2DConditionModel`, channels 32/64/128, cross-attention at 16×16 and 8×8 and in the",
         "  middle block (SD: at 64, 32, 16 and the middle), epsilon prediction, SD's scaled-linear DDPM schedule.",
-        "- Variants in the real channel layouts, started from the refined UNet with zeroed extra input channels:",
+        "- Variants in the real channel layouts, started from the layout stage's UNet with zeroed extra input channels:",
         "  inpaint (9 = latents + mask + masked-image latents), depth (5 = latents + depth),",
         "  x4 upscale (7 = latents + noised 16×16 RGB, noise level as class label).",
         "- Weights are stored in fp16 (safetensors); pipelines load them as fp32 on CPU.",
@@ -610,19 +638,21 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         f"{config['num_scenes']} rendered scenes (seed {config['seed']}), captions re-drawn every step so that",
         "attributes are sometimes left unsaid (the last column: how often sizes / positions are said),",
         "then a refine stage that continues the base UNet and text encoder with fuller captions and more weight",
-        f"on the noisiest steps, where the layout is decided; {config['p_empty_caption']:.0%} empty captions (for classifier-free",
+        "on the noisiest steps, where the layout is decided, and a layout stage that continues both with captions",
+        "that almost always say where the objects are and pyramid noise (coarse noise that hides the layout, so that",
+        f"the model must take it from the caption; `training_noise`); {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise {config.get('offset_noise', 0)} (on a 16×16",
         "grid SD's schedule leaves each latent channel's mean visible at t = T; without offset noise the",
         "model took the background colour from the noise instead of the prompt). Minutes are on a 2-core",
         "CPU machine shared with other work (upper bounds) unless a device is named beside them.",
         "",
-        "| stage | component | parameters | steps | minutes | loss weighting | sizes / positions said |",
+        "| stage | component | parameters | steps | minutes | loss weighting; noise | sizes / positions said |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
-    missing = [s for s in STAGES[2:] if not (assets_dir / VARIANT_UNET_FOLDER[s]).is_dir()]
+    missing = [s for s in VARIANT_IN_CHANNELS if not (assets_dir / UNET_FOLDER[s]).is_dir()]
     if missing:
         lines += [f"Not in this release yet: the {', '.join(missing)} variant(s).", ""]
     if metrics:
@@ -658,8 +688,8 @@ def train(config: MiniTrainConfig, stages=STAGES, assets_dir: Path | None = None
     else:
         latents = encode_latents(vae, data["images"])
         save_file({"latents": latents.contiguous()}, latents_file)
-    for stage in stages:
-        if stage == "vae" or (config.path / stage / "final" / "unet").exists():
+    for stage in STAGES:  # in training order, whatever the order of `stages`
+        if stage == "vae" or stage not in stages or (config.path / stage / "final" / "unet").exists():
             continue
         t0 = time.time()
         unet = train_unet(config, stage, data, vae, latents, sitting)

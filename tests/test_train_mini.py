@@ -12,7 +12,8 @@ from sdcourse.train_mini import MiniTrainConfig
 
 def tiny_config(run_dir, **overrides) -> MiniTrainConfig:
     settings = dict(
-        run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, refine_steps=3, batch_size=2,
+        run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, refine_steps=3, layout_steps=3,
+        batch_size=2,
         variant_steps={"inpaint": 2, "depth": 2, "upscale": 2}, checkpoint_every=100, warmup_steps=2,
     )
     return MiniTrainConfig(**{**settings, **overrides})
@@ -47,15 +48,41 @@ def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
     assert f"{unet_parameters / 1e6:.2f} M" in card and "| inpaint | `unet_inpaint/`" in card
 
 
-def test_refine_continues_the_base_with_fuller_captions_and_the_x0_floor(trained):
+def test_refine_and_layout_continue_the_base_with_fuller_captions_the_x0_floor_and_pyramid_noise(trained):
     root, _ = trained
     run = root / "run"
-    base, refine = (json.loads((run / stage / "final" / "log.json").read_text()) for stage in ("base", "refine"))
-    assert (base["p_mention_size"], base["p_mention_position"], base["snr_floor"]) == (0.4, 0.6, 0.0)
-    assert (refine["p_mention_size"], refine["p_mention_position"], refine["snr_floor"]) == (0.7, 0.8, 0.2)
-    assert refine["steps"] == 3 and refine["device"] == "cpu"
+    base, refine, layout, inpaint = (
+        json.loads((run / stage / "final" / "log.json").read_text()) for stage in ("base", "refine", "layout", "inpaint")
+    )
+    said = lambda log: (log["p_mention_size"], log["p_mention_position"], log["snr_floor"], log["pyramid_noise_discount"])
+    assert said(base) == (0.4, 0.6, 0.0, 0.0)
+    assert said(refine) == (0.7, 0.8, 0.2, 0.0)
+    assert said(layout) == (0.7, 0.9, 0.2, 0.8) and layout["lr"] == refine["lr"] / 2
+    assert said(inpaint) == (0.7, 0.8, 0.2, 0.8)
+    assert layout["steps"] == 3 and layout["device"] == "cpu"
+    # The shipped text encoder and text-to-image UNet are the layout stage's.
+    for part, folder in [("text_encoder", "text_encoder"), ("unet", "unet")]:
+        shipped, trained_last = weights(root / "assets" / folder), weights(run / "layout" / "final" / part)
+        assert all(torch.equal(shipped[k], trained_last[k].half()) for k in shipped)
     card = (root / "assets" / "README.md").read_text()
     assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
+    assert "| layout | `unet/` UNet2DConditionModel" in card and "pyramid noise 0.8 | 70% / 90% |" in card
+
+
+def test_a_variant_without_its_starting_stage_says_which_stage_to_train(tmp_path):
+    with pytest.raises(ValueError, match="'inpaint' starts from the finished 'layout' stage.*--stages"):
+        train_mini.train(tiny_config(tmp_path / "run"), stages=("vae", "inpaint"))
+
+
+def test_pyramid_noise_has_unit_spread_and_much_more_coarse_structure_than_white_noise():
+    shape = (64, 4, 16, 16)
+    white = train_mini.training_noise(shape, torch.Generator().manual_seed(0), offset=0.0)
+    pyramid = train_mini.training_noise(shape, torch.Generator().manual_seed(0), offset=0.0, pyramid_discount=0.8)
+    assert torch.equal(white, torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(pyramid.std(dim=(1, 2, 3)), torch.ones(64))  # each example: unit spread
+    # Means over 8×8 quarters: white noise varies by 1/64 there; pyramid noise hides the layout too.
+    coarse_var = lambda noise: torch.nn.functional.avg_pool2d(noise, 8).var().item()
+    assert coarse_var(white) < 0.03 and coarse_var(pyramid) > 10 * coarse_var(white)
 
 
 @pytest.mark.parametrize("task", models.TASKS)
