@@ -58,7 +58,7 @@ def test_refine_and_layout_continue_the_base_with_fuller_captions_the_x0_floor_a
     assert said(base) == (0.4, 0.6, 0.0, 0.0)
     assert said(refine) == (0.7, 0.8, 0.2, 0.0)
     assert said(layout) == (0.7, 0.9, 0.2, 0.8) and layout["lr"] == refine["lr"] / 2
-    assert said(inpaint) == (0.7, 0.8, 0.2, 0.8)
+    assert said(inpaint) == (0.7, 0.8, 0.2, 0.0)  # pyramid noise hurt the variants
     assert layout["steps"] == 3 and layout["device"] == "cpu"
     # The shipped text encoder and text-to-image UNet are the layout stage's.
     for part, folder in [("text_encoder", "text_encoder"), ("unet", "unet")]:
