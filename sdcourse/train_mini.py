@@ -116,7 +116,7 @@ class MiniTrainConfig:
     base_snr_floor: float = 0.0
     snr_floor: float = 0.2  # from the refine stage on; see snr_weights: the layout-deciding noise levels
     offset_noise: float = 0.15  # see training_noise: SD's schedule leaks the image's mean at t = T on a 16×16 grid
-    pyramid_noise_discount: float = 0.8  # the layout stage's; see training_noise and train_unet
+    pyramid_noise_discount: float = 0.8  # the layout stage's; see training_noise and stage_settings
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"  # the UNet stages run the same recipe on "cuda" when one is at hand
@@ -430,9 +430,27 @@ def variant_inputs(stage: str, config, data, index, vae, noise_scheduler, genera
     return None, None
 
 
+def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
+    """The recipe of one UNet stage: steps, learning rate, how often captions say sizes and
+    positions, the x0-weight floor (`snr_weights`) and the pyramid-noise discount (`training_noise`)."""
+    if stage == "base":
+        return dict(steps=config.base_steps, lr=config.lr, p_size=config.base_p_mention_size,
+                    p_position=config.base_p_mention_position, snr_floor=config.base_snr_floor, pyramid_discount=0.0)
+    later = dict(p_size=config.p_mention_size, p_position=config.p_mention_position, snr_floor=config.snr_floor,
+                 pyramid_discount=0.0)
+    if stage == "refine":
+        return {**later, "steps": config.refine_steps, "lr": config.lr}
+    if stage == "layout":
+        return {**later, "steps": config.layout_steps, "lr": config.lr / 2,
+                "p_position": config.layout_p_mention_position, "pyramid_discount": config.pyramid_noise_discount}
+    # Variants train on white noise: trained on pyramid noise and sampled from white noise, they drifted in
+    # low-frequency colour (measured: inpaint outside the mask 48 -> 41 dB, upscale 25.8 -> 23.0 dB).
+    return {**later, "steps": config.variant_steps[stage], "lr": config.lr / 4}
+
+
 def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting: Sitting):
     """Stage "base" trains UNet + text encoder from scratch, "refine" and then "layout" continue
-    both (see `MiniTrainConfig`); the variants fine-tune a copy of the layout stage's UNet."""
+    both (see `stage_settings`); the variants fine-tune a copy of the layout stage's UNet."""
     stage_dir = config.path / stage
     tokenizer = load_tokenizer()
     trains_text = stage in TEXT_STAGES
@@ -449,20 +467,13 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder")
     if trains_text:
         modules = {"unet": unet, "text_encoder": text_encoder}
-        steps = {"base": config.base_steps, "refine": config.refine_steps, "layout": config.layout_steps}[stage]
-        lr = config.lr / 2 if stage == "layout" else config.lr
     else:
         unet = expand_conv_in(unet, VARIANT_IN_CHANNELS[stage], 1000 if stage == "upscale" else None)
         text_encoder.requires_grad_(False)
         modules = {"unet": unet}
-        steps = config.variant_steps[stage]
-        lr = config.lr / 4
-    p_size, p_position = (config.base_p_mention_size, config.base_p_mention_position) if stage == "base" else (
-        config.p_mention_size, config.layout_p_mention_position if stage == "layout" else config.p_mention_position)
-    snr_floor = config.base_snr_floor if stage == "base" else config.snr_floor
-    # Only the layout stage: variants trained on pyramid noise and sampled from white noise drifted in
-    # low-frequency colour (measured: inpaint outside the mask 48 -> 41 dB, upscale 25.8 -> 23.0 dB).
-    pyramid_discount = config.pyramid_noise_discount if stage == "layout" else 0.0
+    settings = stage_settings(config, stage)
+    steps, lr, p_size, p_position = settings["steps"], settings["lr"], settings["p_size"], settings["p_position"]
+    snr_floor, pyramid_discount = settings["snr_floor"], settings["pyramid_discount"]
     device = torch.device(config.device)
     for m in modules.values():
         m.to(device)
