@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("train-mini", help="train (or resume) the mini-SD family on the shapes world")
     tm.add_argument("--config", type=Path, help="JSON file of MiniTrainConfig fields")
     tm.add_argument("--run-dir", dest="run_dir", help="checkpoints and finished stages (default runs/mini-sd)")
-    tm.add_argument("--stages", help="comma-separated subset of vae,base,refine,layout,inpaint,depth,upscale (run in that order)")
+    tm.add_argument("--stages", help="comma-separated subset of vae,base,refine,layout,settle,inpaint,depth,upscale (run in that order)")
     tm.add_argument("--max-minutes", dest="max_minutes", type=float, help="end this sitting after this long")
     tm.add_argument("--num-threads", dest="num_threads", type=int)
     tm.add_argument("--device", help="where the UNet stages train (default cpu; cuda runs the same recipe faster)")

@@ -13,7 +13,7 @@ from sdcourse.train_mini import MiniTrainConfig
 def tiny_config(run_dir, **overrides) -> MiniTrainConfig:
     settings = dict(
         run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, refine_steps=3, layout_steps=3,
-        batch_size=2,
+        settle_steps=2, batch_size=2,
         variant_steps={"inpaint": 2, "depth": 2, "upscale": 2}, checkpoint_every=100, warmup_steps=2,
     )
     return MiniTrainConfig(**{**settings, **overrides})
@@ -48,25 +48,33 @@ def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
     assert f"{unet_parameters / 1e6:.2f} M" in card and "| inpaint | `unet_inpaint/`" in card
 
 
-def test_refine_and_layout_continue_the_base_with_fuller_captions_the_x0_floor_and_pyramid_noise(trained):
+def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_floor_and_pyramid_noise(trained):
     root, _ = trained
     run = root / "run"
-    base, refine, layout, inpaint = (
-        json.loads((run / stage / "final" / "log.json").read_text()) for stage in ("base", "refine", "layout", "inpaint")
+    base, refine, layout, settle, inpaint = (
+        json.loads((run / stage / "final" / "log.json").read_text())
+        for stage in ("base", "refine", "layout", "settle", "inpaint")
     )
     said = lambda log: (log["p_mention_size"], log["p_mention_position"], log["snr_floor"], log["pyramid_noise_discount"])
     assert said(base) == (0.4, 0.6, 0.0, 0.0)
     assert said(refine) == (0.7, 0.8, 0.2, 0.0)
     assert said(layout) == (0.7, 0.9, 0.2, 0.8) and layout["lr"] == refine["lr"] / 2
+    assert said(settle) == (0.7, 0.9, 0.2, 0.0) and settle["lr"] == refine["lr"] / 4  # white noise again
     assert said(inpaint) == (0.7, 0.8, 0.2, 0.0)  # pyramid noise hurt the variants
-    assert layout["steps"] == 3 and layout["device"] == "cpu"
-    # The shipped text encoder and text-to-image UNet are the layout stage's.
-    for part, folder in [("text_encoder", "text_encoder"), ("unet", "unet")]:
-        shipped, trained_last = weights(root / "assets" / folder), weights(run / "layout" / "final" / part)
+    assert layout["steps"] == 3 and settle["steps"] == 2 and layout["device"] == "cpu"
+    # settle trains the UNet alone: the shipped text encoder is the layout stage's, the
+    # text-to-image UNet the settle stage's, which moved away from the layout stage's.
+    assert not (run / "settle" / "final" / "text_encoder").exists()
+    for folder, stage in [("text_encoder", "layout"), ("unet", "settle")]:
+        shipped, trained_last = weights(root / "assets" / folder), weights(run / stage / "final" / folder)
         assert all(torch.equal(shipped[k], trained_last[k].half()) for k in shipped)
+    layout_unet, settle_unet = weights(run / "layout" / "final" / "unet"), weights(run / "settle" / "final" / "unet")
+    assert settle_unet.keys() == layout_unet.keys()
+    assert not all(torch.equal(settle_unet[k], layout_unet[k]) for k in settle_unet)
     card = (root / "assets" / "README.md").read_text()
     assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
     assert "| layout | `unet/` UNet2DConditionModel" in card and "pyramid noise 0.8 | 70% / 90% |" in card
+    assert "| settle | `unet/` UNet2DConditionModel" in card
 
 
 def test_a_variant_without_its_starting_stage_says_which_stage_to_train(tmp_path):
