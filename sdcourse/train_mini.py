@@ -612,8 +612,9 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
     training = json.loads((assets_dir / "training.json").read_text())
     config, stages = training["config"], training["stages"]
     rows = []
-    text_stages = [(s, f) for s in TEXT_STAGES for f in ("text_encoder", "unet")] + [("settle", "unet")]
-    for stage, folder in [("vae", "vae")] + text_stages + [(s, UNET_FOLDER[s]) for s in VARIANT_IN_CHANNELS]:
+    folders = [(stage, folder) for stage in STAGES for folder in (
+        ("vae",) if stage == "vae" else ("text_encoder", "unet") if stage in TEXT_STAGES else (UNET_FOLDER[stage],))]
+    for stage, folder in folders:
         if not (assets_dir / folder).is_dir():
             continue
         log = stages.get(stage, {})
