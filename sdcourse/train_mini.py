@@ -11,11 +11,14 @@ Same classes and layout as SD, sized for two CPU cores:
   SD's scaled-linear DDPM schedule;
 - a refine stage that continues UNet and text encoder with captions that say sizes and
   positions more often and more loss weight on the noisiest steps (see `snr_weights`);
-- a layout stage that continues both again with captions that almost always say positions and
-  pyramid noise (see `training_noise`), so that "on the left" moves the object;
+- from here on the text encoder is frozen, so that the whole family shares one;
+- a layout stage that continues the UNet with captions that almost always say positions and
+  pyramid noise (see `training_noise`), so that "on the left" moves the object, and learns the
+  input embeddings of the five position words (with the text encoder frozen, position accuracy
+  stayed at 0.36; captions without those words encode exactly as before, which the variants need);
 - a settle stage that continues the layout stage's UNet on white noise (the noise sampling
-  starts from), text encoder frozen: the text-to-image UNet that ships;
-- variants in the real channel layouts, each started from the layout stage's UNet with
+  starts from): the text-to-image UNet that ships;
+- variants in the real channel layouts, each started from the refine stage's UNet with
   zero-initialised extra input channels, as the real models were: inpaint (9), depth (5),
   x4 upscale (7).
 
@@ -46,8 +49,8 @@ from . import world
 from .tokenizer import TOKENIZER_DIR, load_tokenizer
 
 STAGES = ("vae", "base", "refine", "layout", "settle", "inpaint", "depth", "upscale")
-TEXT_STAGES = ("base", "refine", "layout")  # train the UNet and the text encoder together
-STARTS_FROM = {"refine": "base", "layout": "refine", "settle": "layout", "inpaint": "layout", "depth": "layout", "upscale": "layout"}
+TEXT_STAGES = ("base", "refine")  # train the UNet and the text encoder together; later stages share refine's
+STARTS_FROM = {"refine": "base", "layout": "refine", "settle": "layout", "inpaint": "refine", "depth": "refine", "upscale": "refine"}
 VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5, "upscale": 7}
 UNET_FOLDER = {"settle": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
 MAX_NOISE_LEVEL = 350  # StableDiffusionUpscalePipeline's default max_noise_level
@@ -443,7 +446,7 @@ def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
     if stage == "refine":
         return {**later, "steps": config.refine_steps, "lr": config.lr}
     if stage == "layout":
-        return {**later, "steps": config.layout_steps, "lr": config.lr / 2,
+        return {**later, "steps": config.layout_steps, "lr": config.lr / 2, "text_words": world.POSITIONS,
                 "p_position": config.layout_p_mention_position, "pyramid_discount": config.pyramid_noise_discount}
     # White noise from here on: trained on pyramid noise and sampled from white noise, the variants drifted in
     # low-frequency colour (measured: inpaint outside the mask 48 -> 41 dB, upscale 25.8 -> 23.0 dB), and
@@ -453,10 +456,37 @@ def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
     return {**later, "steps": config.variant_steps[stage], "lr": config.lr / 4}
 
 
+def text_encoder_dir(config: MiniTrainConfig, stage: str | None = None) -> Path:
+    """The text encoder `stage` trains with: the last one saved on the way to it (refine's, or
+    layout's with its position words). Without `stage`: the family's, the last one saved."""
+    chain = [s for s in STAGES if (config.path / s / "final" / "text_encoder").is_dir()]
+    if stage is not None:
+        chain = []
+        while stage in STARTS_FROM:
+            stage = STARTS_FROM[stage]
+            chain.insert(0, stage)
+        chain = [s for s in chain if (config.path / s / "final" / "text_encoder").is_dir()]
+    return config.path / chain[-1] / "final" / "text_encoder"
+
+
+def learn_word_embeddings(text_encoder, tokenizer, words) -> torch.nn.Parameter:
+    """Make only the input embeddings of `words` trainable (their gradient rows; the rest stay)."""
+    ids = [tokenizer(word, add_special_tokens=False).input_ids for word in words]
+    assert all(len(i) == 1 for i in ids), f"each of {words} must be one token"
+    embedding = text_encoder.get_input_embeddings().weight
+    keep = torch.zeros(len(embedding), 1)
+    keep[[i[0] for i in ids]] = 1.0
+    embedding.requires_grad_(True)
+    embedding.register_hook(lambda grad: grad * keep.to(grad.device))
+    return embedding
+
+
 def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting: Sitting):
-    """Stage "base" trains UNet + text encoder from scratch, "refine" and then "layout" continue
-    both (see `stage_settings`); "settle" continues the layout UNet alone on white noise, and
-    the variants fine-tune a copy of the layout UNet with extra input channels."""
+    """Stage "base" trains UNet + text encoder from scratch and "refine" continues both (see
+    `stage_settings`). Later stages keep the text encoder frozen, so that the whole family
+    shares one: "layout" continues the refined UNet on pyramid noise and learns only the
+    embeddings of the position words, "settle" continues the layout UNet on white noise, and
+    the variants fine-tune a copy of the refined UNet with extra input channels."""
     stage_dir = config.path / stage
     tokenizer = load_tokenizer()
     trains_text = stage in TEXT_STAGES
@@ -470,7 +500,9 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
             raise ValueError(f"stages: {stage!r} starts from the finished {STARTS_FROM[stage]!r} stage, which is not in "
                              f"{config.path}; train {STARTS_FROM[stage]!r} first (include it in --stages)")
         unet = UNet2DConditionModel.from_pretrained(start / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder" if trains_text else text_encoder_dir(config, stage))
+    settings = stage_settings(config, stage)
+    no_decay = []
     if trains_text:
         modules = {"unet": unet, "text_encoder": text_encoder}
     else:
@@ -478,7 +510,9 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
             unet = expand_conv_in(unet, VARIANT_IN_CHANNELS[stage], 1000 if stage == "upscale" else None)
         text_encoder.requires_grad_(False)
         modules = {"unet": unet}
-    settings = stage_settings(config, stage)
+        if settings.get("text_words"):
+            no_decay = [learn_word_embeddings(text_encoder, tokenizer, settings["text_words"])]
+            modules["text_encoder"] = text_encoder
     steps, lr, p_size, p_position = settings["steps"], settings["lr"], settings["p_size"], settings["p_position"]
     snr_floor, pyramid_discount = settings["snr_floor"], settings["pyramid_discount"]
     device = torch.device(config.device)
@@ -486,8 +520,11 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         m.to(device)
     text_encoder.to(device)
     vae.to(device)
-    trainable = [p for m in modules.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
+    trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if all(p is not q for q in no_decay)]}]
+    if no_decay:  # weight decay would shrink every word's embedding, not just the trained ones
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.01)
     ema = {f"{name}.{k}": v.detach().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
     noise_scheduler = DDPMScheduler(**noise_scheduler_config())
 
@@ -523,7 +560,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
 
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / config.warmup_steps) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        if trains_text:
+        if "text_encoder" in modules:
             encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
         else:
             with torch.no_grad():
@@ -557,11 +594,12 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         m.eval()
     final = stage_dir / "final"
     unet.save_pretrained(final / "unet")
-    if trains_text:
+    if "text_encoder" in modules:
         text_encoder.save_pretrained(final / "text_encoder")
     log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
            "lr": lr, "snr_gamma": config.snr_gamma, "snr_floor": snr_floor, "p_mention_size": p_size,
-           "p_mention_position": p_position, "pyramid_noise_discount": pyramid_discount, "device": config.device}
+           "p_mention_position": p_position, "pyramid_noise_discount": pyramid_discount, "device": config.device,
+           "text_words": list(settings.get("text_words", []))}
     (final / "log.json").write_text(json.dumps(log))
     return unet
 
@@ -574,7 +612,7 @@ def export(config: MiniTrainConfig, assets_dir: Path, stages=STAGES):
     assets_dir = Path(assets_dir)
     half = dict(dtype=torch.float16)
     AutoencoderKL.from_pretrained(config.path / "vae" / "final", **half).save_pretrained(assets_dir / "vae")
-    CLIPTextModel.from_pretrained(config.path / "layout" / "final" / "text_encoder", **half).save_pretrained(
+    CLIPTextModel.from_pretrained(text_encoder_dir(config), **half).save_pretrained(
         assets_dir / "text_encoder")
     if (assets_dir / "tokenizer").resolve() != TOKENIZER_DIR.resolve():
         shutil.copytree(TOKENIZER_DIR, assets_dir / "tokenizer", dirs_exist_ok=True)
@@ -613,7 +651,7 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
     config, stages = training["config"], training["stages"]
     rows = []
     folders = [(stage, folder) for stage in STAGES for folder in (
-        ("vae",) if stage == "vae" else ("text_encoder", "unet") if stage in TEXT_STAGES else (UNET_FOLDER[stage],))]
+        ("vae",) if stage == "vae" else ("text_encoder", "unet") if stage in TEXT_STAGES else (UNET_FOLDER.get(stage, "unet"),))]
     for stage, folder in folders:
         if not (assets_dir / folder).is_dir():
             continue
@@ -651,7 +689,7 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         "  trained jointly with the UNet from scratch, as in the latent-diffusion paper (SD froze OpenAI's CLIP).",
         "- UNet: `UNet2DConditionModel`, channels 32/64/128, cross-attention at 16×16 and 8×8 and in the",
         "  middle block (SD: at 64, 32, 16 and the middle), epsilon prediction, SD's scaled-linear DDPM schedule.",
-        "- Variants in the real channel layouts, started from the layout stage's UNet with zeroed extra input channels:",
+        "- Variants in the real channel layouts, started from the refine stage's UNet with zeroed extra input channels:",
         "  inpaint (9 = latents + mask + masked-image latents), depth (5 = latents + depth),",
         "  x4 upscale (7 = latents + noised 16×16 RGB, noise level as class label).",
         "- Weights are stored in fp16 (safetensors); pipelines load them as fp32 on CPU.",
@@ -660,10 +698,13 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         f"{config['num_scenes']} rendered scenes (seed {config['seed']}), captions re-drawn every step so that",
         "attributes are sometimes left unsaid (the last column: how often sizes / positions are said),",
         "then a refine stage that continues the base UNet and text encoder with fuller captions and more weight",
-        "on the noisiest steps, where the layout is decided, and a layout stage that continues both with captions",
-        "that almost always say where the objects are and pyramid noise (coarse noise that hides the layout, so that",
-        "the model must take it from the caption; `training_noise`), and a settle stage that continues that UNet",
-        f"on white noise, the noise sampling starts from; {config['p_empty_caption']:.0%} empty captions (for classifier-free",
+        "on the noisiest steps, where the layout is decided. From there the text encoder is frozen (the whole family",
+        "shares it): a layout stage continues the UNet with captions that almost always say where the objects are",
+        "and pyramid noise (coarse noise that hides the layout, so that the model must take it from the caption;",
+        "`training_noise`), and learns only the input embeddings of the five position words (left, right, top,",
+        "bottom, center; captions without them encode as before); a settle stage continues that UNet on white",
+        "noise, the noise sampling starts from;",
+        f"{config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise {config.get('offset_noise', 0)} (on a 16×16",
         "grid SD's schedule leaves each latent channel's mean visible at t = T; without offset noise the",

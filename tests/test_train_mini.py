@@ -6,8 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdcourse import models, train_mini
+from sdcourse import models, train_mini, world
+from sdcourse.tokenizer import load_tokenizer
 from sdcourse.train_mini import MiniTrainConfig
+
+EMBEDDING = "embeddings.token_embedding.weight"
 
 
 def tiny_config(run_dir, **overrides) -> MiniTrainConfig:
@@ -62,9 +65,16 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert said(settle) == (0.7, 0.9, 0.2, 0.0) and settle["lr"] == refine["lr"] / 4  # white noise again
     assert said(inpaint) == (0.7, 0.8, 0.2, 0.0)  # pyramid noise hurt the variants
     assert layout["steps"] == 3 and settle["steps"] == 2 and layout["device"] == "cpu"
-    # settle trains the UNet alone: the shipped text encoder is the layout stage's, the
-    # text-to-image UNet the settle stage's, which moved away from the layout stage's.
-    assert not (run / "settle" / "final" / "text_encoder").exists()
+    # After refine the text encoder is frozen but for the embeddings of the five position words, which
+    # the layout stage learns: captions without them encode exactly as with refine's text encoder.
+    assert not any((run / stage / "final" / "text_encoder").exists() for stage in ("settle", "inpaint"))
+    refine_text, layout_text = (weights(run / stage / "final" / "text_encoder") for stage in ("refine", "layout"))
+    assert [k for k in refine_text if not torch.equal(refine_text[k], layout_text[k])] == [EMBEDDING]
+    moved = (refine_text[EMBEDDING] != layout_text[EMBEDDING]).any(dim=1).nonzero().flatten().tolist()
+    assert layout["text_words"] == list(world.POSITIONS)
+    position_ids = {ids[0] for ids in load_tokenizer()(list(world.POSITIONS), add_special_tokens=False).input_ids}
+    assert moved and set(moved) <= position_ids  # the words its few captions said
+    # The family ships layout's text encoder and settle's UNet, which moved away from the layout stage's.
     for folder, stage in [("text_encoder", "layout"), ("unet", "settle")]:
         shipped, trained_last = weights(root / "assets" / folder), weights(run / stage / "final" / folder)
         assert all(torch.equal(shipped[k], trained_last[k].half()) for k in shipped)
@@ -78,7 +88,7 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
 
 
 def test_a_variant_without_its_starting_stage_says_which_stage_to_train(tmp_path):
-    with pytest.raises(ValueError, match="'inpaint' starts from the finished 'layout' stage.*--stages"):
+    with pytest.raises(ValueError, match="'inpaint' starts from the finished 'refine' stage.*--stages"):
         train_mini.train(tiny_config(tmp_path / "run"), stages=("vae", "inpaint"))
 
 
