@@ -459,14 +459,14 @@ def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
 def text_encoder_dir(config: MiniTrainConfig, stage: str | None = None) -> Path:
     """The text encoder `stage` trains with: the last one saved on the way to it (refine's, or
     layout's with its position words). Without `stage`: the family's, the last one saved."""
-    chain = [s for s in STAGES if (config.path / s / "final" / "text_encoder").is_dir()]
-    if stage is not None:
-        chain = []
+    stages = STAGES
+    if stage is not None:  # the stages it descends from
+        stages = []
         while stage in STARTS_FROM:
             stage = STARTS_FROM[stage]
-            chain.insert(0, stage)
-        chain = [s for s in chain if (config.path / s / "final" / "text_encoder").is_dir()]
-    return config.path / chain[-1] / "final" / "text_encoder"
+            stages.insert(0, stage)
+    saved = [s for s in stages if (config.path / s / "final" / "text_encoder").is_dir()]
+    return config.path / saved[-1] / "final" / "text_encoder"
 
 
 def learn_word_embeddings(text_encoder, tokenizer, words) -> torch.nn.Parameter:
