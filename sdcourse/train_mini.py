@@ -500,7 +500,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
             raise ValueError(f"stages: {stage!r} starts from the finished {STARTS_FROM[stage]!r} stage, which is not in "
                              f"{config.path}; train {STARTS_FROM[stage]!r} first (include it in --stages)")
         unet = UNet2DConditionModel.from_pretrained(start / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder" if trains_text else text_encoder_dir(config, stage))
+        text_encoder = CLIPTextModel.from_pretrained(text_encoder_dir(config, stage))
     settings = stage_settings(config, stage)
     no_decay = []
     if trains_text:
