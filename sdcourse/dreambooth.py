@@ -130,7 +130,7 @@ class DreamBoothConfig:
     max_train_steps: int = 400
     gradient_accumulation_steps: int = 1
     learning_rate: float | None = None  # default: DEFAULT_LEARNING_RATES
-    lr_scheduler: str = "constant"
+    lr_scheduler: str | None = None  # default: DEFAULT_LR_SCHEDULERS
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -218,12 +218,25 @@ class DreamBoothConfig:
     # ---- derived values
 
     @property
+    def defaults_for(self) -> str:
+        """Which defaults apply: "mini" (mini-SD and mini-like models) or "sd"."""
+        small = self.model == "mini" or (self.resolution is not None and self.resolution <= 128)
+        return "mini" if small else "sd"
+
+    @property
     def lr(self) -> float:
         """learning_rate, or the default for this model and method."""
         if self.learning_rate is not None:
             return self.learning_rate
-        small = self.model == "mini" or (self.resolution is not None and self.resolution <= 128)  # mini-like models
-        full, lora = DEFAULT_LEARNING_RATES["mini" if small else "sd"]
+        full, lora = DEFAULT_LEARNING_RATES[self.defaults_for]
+        return lora if self.use_lora else full
+
+    @property
+    def schedule(self) -> str:
+        """lr_scheduler, or the default for this model and method."""
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        full, lora = DEFAULT_LR_SCHEDULERS[self.defaults_for]
         return lora if self.use_lora else full
 
     @property
@@ -251,7 +264,16 @@ class DreamBoothConfig:
 # (full, LoRA) learning rates when learning_rate is None.
 DEFAULT_LEARNING_RATES = {
     "sd": (5e-6, 1e-4),  # diffusers' train_dreambooth.py and train_dreambooth_lora.py
-    "mini": (2e-4, 1e-3),  # mini-SD is small, was trained at 8e-4, and gets a few hundred steps
+    "mini": (1.5e-4, 3e-3),  # mini-SD is small, was trained at 8e-4, and gets a few hundred steps
+}
+
+# (full, LoRA) learning-rate schedules when lr_scheduler is None. On mini-SD a LoRA at a constant
+# rate ended wherever its last noisy steps left it (concept 0.47-0.93 and class drop 0.07-0.20 over
+# seeds 0-2); decayed to zero along a cosine, all three seeds learned the star (0.70-0.73) within
+# the class bar. Full fine-tuning under the cosine learned less of the star (0.47 at 1.5e-4).
+DEFAULT_LR_SCHEDULERS = {
+    "sd": ("constant", "constant"),  # diffusers' train_dreambooth.py and train_dreambooth_lora.py
+    "mini": ("constant", "cosine"),
 }
 
 # Hardware presets. Each sets only what the hardware decides; the subject stays yours.
@@ -270,10 +292,12 @@ PRESETS = {
     # With captions and class prompts that name colours and backgrounds (`concept_settings`),
     # prior_loss_weight 2 (1: class 0.74 LoRA; 3: concept 0.5) and the identifier at 1e-2 (5e-3:
     # full fine-tuning's concept 0.6) kept the class within ~10 points (chapter 5, section 8).
+    # On the mini-SD with a layout stage, measured over training seeds 0-2, the identifier at 3e-2
+    # (1e-2: LoRA concept 0.40 at seed 0) and the schedules of DEFAULT_LR_SCHEDULERS (warm-up 50).
     "cpu-mini": dict(
         model="mini", resolution=64, train_batch_size=4, max_train_steps=600, learning_rate=None, rank=16,
         lora_target_modules=LORA_UNET_BLOCK_TARGETS, train_identifier_embedding=True,
-        identifier_learning_rate=1e-2, prior_loss_weight=2.0,
+        identifier_learning_rate=3e-2, prior_loss_weight=2.0, lr_warmup_steps=50,
         mixed_precision="no", gradient_checkpointing=False, use_8bit_adam=False, train_text_encoder=False,
         offset_noise=0.15, cache_latents=True, cache_text_embeddings=True, num_class_images=64, sample_batch_size=16,
         checkpointing_steps=100, validation_steps=100, num_inference_steps=25,
@@ -365,7 +389,7 @@ def check_config(config: DreamBoothConfig) -> None:
         raise ValueError(f"lr_warmup_steps={config.lr_warmup_steps!r} must be zero or positive.")
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise ValueError(f"checkpoints_total_limit={config.checkpoints_total_limit!r}: use None (keep all) or ≥ 1.")
-    if config.lr_scheduler not in LR_SCHEDULERS:
+    if config.lr_scheduler is not None and config.lr_scheduler not in LR_SCHEDULERS:
         raise ValueError(f"lr_scheduler={config.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}.")
     if config.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision={config.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}.")
@@ -1147,7 +1171,8 @@ def model_card(config: DreamBoothConfig, resolution: int, n_instance: int, globa
         ("prior preservation", prior), ("resolution", resolution),
         ("steps", global_step),
         ("batch size × accumulation", f"{config.train_batch_size} × {config.gradient_accumulation_steps}"),
-        ("learning rate", f"{config.lr:g} ({config.lr_scheduler}, warm-up {config.lr_warmup_steps})"),
+        ("learning rate", f"{config.lr:g} ({config.schedule}"
+                          + (")" if config.schedule == "constant" else f", warm-up {config.lr_warmup_steps})")),
         ("mixed precision", config.mixed_precision), ("8-bit Adam", config.use_8bit_adam),
         ("gradient checkpointing", config.gradient_checkpointing), ("loss weighting", loss_weighting(config)),
         ("seed", config.seed),
@@ -1320,7 +1345,7 @@ def setup_training(base, config: DreamBoothConfig, accelerator, instance_images,
     params = [p for module in modules for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(param_groups(params, base.text_encoder, config), config)
     lr_scheduler = get_scheduler(  # accelerate steps the schedule once per process
-        config.lr_scheduler, optimizer=optimizer,
+        config.schedule, optimizer=optimizer,
         num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=config.max_train_steps * accelerator.num_processes,
     )
