@@ -81,9 +81,10 @@ def card_metrics(results: dict) -> dict:
     metrics["VAE PSNR on held-out renders (dB)"] = results["vae_psnr_db"]
     metrics["seconds per 64×64 image (25 steps, CFG, CPU)"] = results["seconds_per_image_25_steps_cfg"]
     for task in ("inpaint", "depth2img", "upscale"):
+        label = f"upscale (guidance {quality.UPSCALE_GUIDANCE:g})" if task == "upscale" else task
         for key, value in results.get(task, {}).items():
             if key != "n":
-                metrics[f"{task}: {key}"] = value
+                metrics[f"{label}: {key}"] = value
     return metrics
 
 

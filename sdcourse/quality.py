@@ -125,7 +125,14 @@ def depth2img_quality(pipe, scenes, seed=0, steps=25, guidance_scale=7.5) -> dic
     return dict(n=len(scenes), silhouette_iou=float(np.mean(ious)))
 
 
-def upscale_quality(pipe, scenes, seed=0, steps=25, guidance_scale=7.5) -> dict:
+# An upscaler takes what to draw from its low-res image; guidance pushes every step toward the
+# prompt's idea instead. mini-SD's upscaler over quality.eval_scenes(32), noise level 20: PSNR
+# 28.1 dB at guidance 1, 28.6 at 2, 28.3 at 3, 27.6 at 4, 25.9 at 7.5 (bicubic 28.2); judged right
+# 0.94 at 2, 0.91 at 7.5.
+UPSCALE_GUIDANCE = 2.0
+
+
+def upscale_quality(pipe, scenes, seed=0, steps=25, guidance_scale=UPSCALE_GUIDANCE) -> dict:
     """x4 from the 16×16 view: PSNR vs the true 64×64 render, against bicubic; judge verdicts."""
     ours, bicubic, right = [], [], []
     for i, scene in enumerate(scenes):
