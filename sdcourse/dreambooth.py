@@ -58,6 +58,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from . import world
+from .text import learn_token_embeddings
 from .train_mini import snr_weights
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -745,18 +746,6 @@ def identifier_token_ids(tokenizer, config: DreamBoothConfig) -> list[int]:
     return sorted(ids)
 
 
-def learn_identifier_embedding(text_encoder, token_ids: list[int]) -> torch.nn.Parameter:
-    """Make the token-embedding table trainable with gradients for the identifier's rows only:
-    a hook zeroes the other rows' gradients, and without weight decay Adam then leaves them
-    exactly as they were."""
-    weight = text_encoder.get_input_embeddings().weight
-    weight.requires_grad_(True)
-    rows = torch.zeros(weight.shape[0], 1)
-    rows[token_ids] = 1.0
-    weight.register_hook(lambda grad: grad * rows.to(grad.device, grad.dtype))
-    return weight
-
-
 def param_groups(params: list, text_encoder, config: DreamBoothConfig) -> list:
     """The optimizer's parameter groups: the identifier's embeddings (when learned) get their
     own learning rate and no weight decay."""
@@ -1289,7 +1278,7 @@ def prepare_models(base, config: DreamBoothConfig, device, weight_dtype) -> None
     place(text_encoder, device, torch.float32 if trains_text and not config.use_lora else weight_dtype)
     if config.train_identifier_embedding:
         text_encoder.get_input_embeddings().to(torch.float32)
-        learn_identifier_embedding(text_encoder, identifier_token_ids(base.tokenizer, config))
+        learn_token_embeddings(text_encoder, identifier_token_ids(base.tokenizer, config))
     if config.use_lora and weight_dtype != torch.float32:
         cast_training_params([unet, text_encoder] if trains_text else [unet], dtype=torch.float32)
     if config.gradient_checkpointing:  # recompute activations in the backward pass: less memory, ~30 % slower

@@ -124,6 +124,18 @@ def prompt_input_ids(tokenizer, prompt: str) -> torch.Tensor:
 # ------------------------------------------------------------------------- embeddings
 
 
+def learn_token_embeddings(text_encoder, token_ids: list[int]) -> torch.nn.Parameter:
+    """Make the token-embedding table trainable with gradients for `token_ids`' rows only: a hook
+    zeroes the other rows' gradients, and without weight decay Adam then leaves them exactly as
+    they were. Used by pivotal tuning (DreamBooth's identifier) and mini-SD's position words."""
+    weight = text_encoder.get_input_embeddings().weight
+    weight.requires_grad_(True)
+    rows = torch.zeros(weight.shape[0], 1)
+    rows[token_ids] = 1.0
+    weight.register_hook(lambda grad: grad * rows.to(grad.device, grad.dtype))
+    return weight
+
+
 def clip_text_transformer(text_encoder):
     """The module holding `embeddings`, `encoder` and `final_layer_norm` of a CLIPTextModel:
     the model itself in transformers ≥ 5, `text_encoder.text_model` in 4.x."""

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import world
+from .text import learn_token_embeddings
 from .tokenizer import TOKENIZER_DIR, load_tokenizer
 
 STAGES = ("vae", "base", "refine", "layout", "settle", "inpaint", "depth", "upscale")
@@ -469,16 +470,11 @@ def text_encoder_dir(config: MiniTrainConfig, stage: str | None = None) -> Path:
     return config.path / saved[-1] / "final" / "text_encoder"
 
 
-def learn_word_embeddings(text_encoder, tokenizer, words) -> torch.nn.Parameter:
-    """Make only the input embeddings of `words` trainable (their gradient rows; the rest stay)."""
+def word_token_ids(tokenizer, words) -> list[int]:
+    """The token id of each of `words` (each must be a single CLIP token)."""
     ids = [tokenizer(word, add_special_tokens=False).input_ids for word in words]
     assert all(len(i) == 1 for i in ids), f"each of {words} must be one token"
-    embedding = text_encoder.get_input_embeddings().weight
-    keep = torch.zeros(len(embedding), 1)
-    keep[[i[0] for i in ids]] = 1.0
-    embedding.requires_grad_(True)
-    embedding.register_hook(lambda grad: grad * keep.to(grad.device))
-    return embedding
+    return [i[0] for i in ids]
 
 
 def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting: Sitting):
@@ -511,7 +507,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         text_encoder.requires_grad_(False)
         modules = {"unet": unet}
         if settings.get("text_words"):
-            no_decay = [learn_word_embeddings(text_encoder, tokenizer, settings["text_words"])]
+            no_decay = [learn_token_embeddings(text_encoder, word_token_ids(tokenizer, settings["text_words"]))]
             modules["text_encoder"] = text_encoder
     steps, lr, p_size, p_position = settings["steps"], settings["lr"], settings["p_size"], settings["p_position"]
     snr_floor, pyramid_discount = settings["snr_floor"], settings["pyramid_discount"]

@@ -681,8 +681,8 @@ def mini_runs(tmp_path_factory):
 # Full fine-tuning of the layout-stage mini-SD depends on the training seed more than these bars
 # allow: at 1.5e-4, identifier 3e-2, seeds 0 / 1 / 2 gave concept 0.67 / 0.67 / 0.47 and class drop
 # 0.16 / 0.02 / 0.01 (constant 2e-4 with the identifier at 1e-2: 0.67 and 0.20 at seed 0; a cosine
-# schedule, as LoRA's, at seed 0: concept 0.47 at 1.5e-4, 0.53 at 2e-4). The mini-SD before the layout stage met them
-# at seed 0 (0.87, drop 0.10) but not at seeds 1 and 2 (concept 0.20, 0.67).
+# schedule, as LoRA's, at seed 0: concept 0.47 at 1.5e-4, 0.53 at 2e-4). The mini-SD before the
+# layout stage met them at seed 0 (0.87, drop 0.10) but not at seeds 1 and 2 (concept 0.20, 0.67).
 FULL_SEED_DEPENDENT = pytest.mark.xfail(reason="full fine-tuning at seed 0: concept 0.67 (bar 0.70), class drop 0.16 "
                                                "(bar 0.10); see FULL_SEED_DEPENDENT")
 WITH_PRIOR = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=FULL_SEED_DEPENDENT)]
