@@ -5,6 +5,7 @@ ground truth from `sdcourse.world`, with the independent `sdcourse.judge`. Same 
 same seeds, same numbers on every CPU run.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -61,6 +62,51 @@ def text2img_quality(pipe, prompts, seeds=(0, 1), guidance_scale=7.5, steps=25, 
             np.mean([judge.judge(images[i], judged_prompts[i]).all_objects_right for i in two])
         )
     return summary
+
+
+def swapped_positions(scene):
+    """The same two-object scene with its objects' positions exchanged."""
+    first, second = scene.objects
+    return world.Scene(background=scene.background, objects=[
+        dataclasses.replace(first, position=second.position, dx=second.dx, dy=second.dy),
+        dataclasses.replace(second, position=first.position, dx=first.dx, dy=first.dy),
+    ])
+
+
+def arrangement_quality(pipe, scenes, seeds=(0, 1), guidance_scale=7.5, steps=25, batch_size=16) -> dict:
+    """Who decides which object goes where: the prompt or the starting noise?
+
+    Each two-object scene's caption is run as is and with the two positions swapped, with the
+    same seed. If the prompt decides, the first object's colour moves with its words; if the
+    noise decides, it stays where it was. Returns the share of (scene, seed) pairs of each kind
+    ("unclear": the colour was not found in one image, or went elsewhere).
+    """
+    kinds = {"follows_prompt": 0, "follows_noise": 0, "unclear": 0}
+    for seed in seeds:
+        places = []
+        for version in (scenes, [swapped_positions(s) for s in scenes]):
+            prompts = [world.caption(s) for s in version]
+            found = []
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start : start + batch_size]
+                images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale,
+                              generator=generators([seed] * len(chunk))).images
+                found += [judge.describe(image) for image in images]
+            places.append([
+                next((o.position for o in f.objects if o.colour == s.objects[0].colour), None)
+                for f, s in zip(found, version)
+            ])
+        for scene, as_said, swapped in zip(scenes, *places):
+            if as_said is None or swapped is None:
+                kinds["unclear"] += 1
+            elif as_said == scene.objects[0].position and swapped == scene.objects[1].position:
+                kinds["follows_prompt"] += 1
+            elif as_said == swapped:
+                kinds["follows_noise"] += 1
+            else:
+                kinds["unclear"] += 1
+    n = len(scenes) * len(seeds)
+    return {"n": n, **{kind: count / n for kind, count in kinds.items()}}
 
 
 @torch.no_grad()
