@@ -6,9 +6,9 @@ benchmarks/results/binding.json.
 For 32 two-object evaluation scenes × seeds 0 and 1 (25 DDIM steps, guidance 7.5), the
 caption is run as is and with the two positions swapped, same seed
 (`quality.arrangement_quality`). Then, for the captions as they are, the arrangement of the
-predicted x̂0 after each step: is the first object's colour nearer on the first object's
-region than the second's? 0.5 is a coin toss; the step where the share stops changing is
-where the arrangement was decided.
+predicted x̂0 after each step: do the mean colours on the two objects' regions fit the
+caption's pairing better than the swapped pairing? 0.5 is a coin toss; where the share stops
+changing, the arrangement has (on the whole) been decided.
 """
 
 import json
@@ -24,9 +24,11 @@ from sdcourse import models, quality, sampling, world
 
 OUT = Path(__file__).parent / "results" / "binding.json"
 SEEDS = (0, 1)
+STEPS = 25
+GUIDANCE = 7.5
 
 
-def x0_arrangement_by_step(pipe, scenes, seeds=SEEDS, steps=25, guidance_scale=7.5) -> dict:
+def x0_arrangement_by_step(pipe, scenes, seeds=SEEDS, steps=STEPS, guidance_scale=GUIDANCE) -> dict:
     """timestep -> share of images whose predicted x̂0 has the two colours where the caption puts them."""
     prompts = [world.caption(s) for s in scenes]
     predictions = {}
@@ -58,8 +60,8 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     scenes = quality.eval_scenes(32, two_objects=True)
     result = {
-        "scenes": len(scenes), "seeds": list(SEEDS), "steps": 25, "guidance_scale": 7.5,
-        "swapped_positions": quality.arrangement_quality(pipe, scenes, seeds=SEEDS),
+        "scenes": len(scenes), "seeds": list(SEEDS), "steps": STEPS, "guidance_scale": GUIDANCE,
+        "swapped_positions": quality.arrangement_quality(pipe, scenes, seeds=SEEDS, steps=STEPS, guidance_scale=GUIDANCE),
         "x0_arrangement_right_by_timestep": x0_arrangement_by_step(pipe, scenes),
         "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
