@@ -61,7 +61,8 @@ def main():
     scenes = quality.eval_scenes(32, two_objects=True)
     result = {
         "scenes": len(scenes), "seeds": list(SEEDS), "steps": STEPS, "guidance_scale": GUIDANCE,
-        "swapped_positions": quality.arrangement_quality(pipe, scenes, seeds=SEEDS, steps=STEPS, guidance_scale=GUIDANCE),
+        "swapped_positions": quality.arrangement_quality(pipe, scenes, seeds=SEEDS, steps=STEPS,
+                                                         guidance_scale=GUIDANCE),
         "x0_arrangement_right_by_timestep": x0_arrangement_by_step(pipe, scenes),
         "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
