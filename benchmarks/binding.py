@@ -31,27 +31,23 @@ GUIDANCE = 7.5
 def x0_arrangement_by_step(pipe, scenes, seeds=SEEDS, steps=STEPS, guidance_scale=GUIDANCE) -> dict:
     """timestep -> share of images whose predicted x̂0 has the two colours where the caption puts them."""
     prompts = [world.caption(s) for s in scenes]
-    predictions = {}
-
-    def keep_x0(step_index, timestep, latents, x0):
-        predictions.setdefault(int(timestep), []).append(x0)
-
-    for seed in seeds:  # sampling.text2img: the pipeline's loop written out, the same images
-        sampling.text2img(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
-                          generator=quality.generators([seed] * len(prompts)), callback=keep_x0, progress=False)
-    masks = [world.render(s).masks for s in scenes] * len(seeds)
-    expected = [[np.array(world.COLOURS[o.colour], float) for o in s.objects] for s in scenes] * len(seeds)
+    frames = []  # per seed: one list of decoded x̂0 images per step (sampling.text2img: the pipeline's loop)
+    for seed in seeds:
+        frames.append(sampling.text2img(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
+                                        generator=quality.generators([seed] * len(prompts)), return_x0=True,
+                                        progress=False).x0_frames)
+    masks = [world.render(s).masks for s in scenes]
+    expected = [[np.array(world.COLOURS[o.colour], float) for o in s.objects] for s in scenes]
     shares = {}
-    for timestep, chunks in sorted(predictions.items(), reverse=True):
-        with torch.no_grad():
-            images = pipe.vae.decode(torch.cat(chunks) / pipe.vae.config.scaling_factor).sample
-        images = ((images.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    for step, timestep in enumerate(pipe.scheduler.timesteps):
         right = []
-        for image, (first, second), (c1, c2) in zip(images, masks, expected):
-            r1, r2 = image[first].mean(axis=0), image[second].mean(axis=0)
-            as_said = np.linalg.norm(r1 - c1) + np.linalg.norm(r2 - c2)
-            right.append(as_said < np.linalg.norm(r1 - c2) + np.linalg.norm(r2 - c1))
-        shares[timestep] = float(np.mean(right))
+        for seed_frames in frames:
+            for image, (first, second), (c1, c2) in zip(seed_frames[step], masks, expected):
+                image = np.asarray(image, dtype=float)
+                r1, r2 = image[first].mean(axis=0), image[second].mean(axis=0)
+                as_said = np.linalg.norm(r1 - c1) + np.linalg.norm(r2 - c2)
+                right.append(as_said < np.linalg.norm(r1 - c2) + np.linalg.norm(r2 - c1))
+        shares[int(timestep)] = float(np.mean(right))
     return shares
 
 

@@ -43,18 +43,21 @@ def as_array(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def generate(pipe, prompts, seeds, guidance_scale=7.5, steps=25, batch_size=16) -> list:
+    """One image per (prompt, seed) pair of the two equal-length lists, in batches of `batch_size`."""
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        images += pipe(
+            prompts[start : start + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
+            generator=generators(seeds[start : start + batch_size]),
+        ).images
+    return images
+
+
 def text2img_quality(pipe, prompts, seeds=(0, 1), guidance_scale=7.5, steps=25, batch_size=16) -> dict:
     """Judge text-to-image over prompts × seeds: per-attribute accuracy and all-objects-right rate."""
-    images, judged_prompts = [], []
-    jobs = [(p, s) for p in prompts for s in seeds]
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        out = pipe(
-            [p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=generators([s for _, s in chunk]),
-        ).images
-        images += out
-        judged_prompts += [p for p, _ in chunk]
+    judged_prompts = [p for p in prompts for _ in seeds]
+    images = generate(pipe, judged_prompts, [s for _ in prompts for s in seeds], guidance_scale, steps, batch_size)
     summary = judge.judge_many(images, judged_prompts)
     two = [i for i, p in enumerate(judged_prompts) if len(world.parse_caption(p).objects) == 2]
     if two:
@@ -92,12 +95,8 @@ def arrangement_quality(pipe, scenes, seeds=(0, 1), guidance_scale=7.5, steps=25
         places = []
         for version in (scenes, [swapped_positions(s) for s in scenes]):
             prompts = [world.caption(s) for s in version]
-            found = []
-            for start in range(0, len(prompts), batch_size):
-                chunk = prompts[start : start + batch_size]
-                images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale,
-                              generator=generators([seed] * len(chunk))).images
-                found += [judge.describe(image) for image in images]
+            images = generate(pipe, prompts, [seed] * len(prompts), guidance_scale, steps, batch_size)
+            found = [judge.describe(image) for image in images]
             places.append([
                 next((o.position for o in f.objects if o.colour == s.objects[0].colour), None)
                 for f, s in zip(found, version)
