@@ -16,6 +16,9 @@ Same classes and layout as SD, sized for two CPU cores:
   pyramid noise (see `training_noise`), so that "on the left" moves the object, and learns the
   input embeddings of the five position words (with the text encoder frozen, position accuracy
   stayed at 0.36; captions without those words encode exactly as before, which the variants need);
+  at the noisiest timesteps it is noised from mirrored images (`mirrored_signal`) and its position
+  words' attention is grounded on their objects (`sdcourse.grounding`), so that the caption, not
+  the starting noise, says which of two objects goes where;
 - a settle stage that continues the layout stage's UNet on white noise (the noise sampling
   starts from): the text-to-image UNet that ships;
 - variants in the real channel layouts, each started from the refine stage's UNet with
@@ -45,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from . import world
+from . import grounding, world
 from .text import learn_token_embeddings
 from .tokenizer import TOKENIZER_DIR, load_tokenizer
 
@@ -123,6 +126,9 @@ class MiniTrainConfig:
     snr_floor: float = 0.2  # from the refine stage on; see snr_weights: the layout-deciding noise levels
     offset_noise: float = 0.15  # see training_noise: SD's schedule leaks the image's mean at t = T on a 16×16 grid
     pyramid_noise_discount: float = 0.8  # the layout stage's; see training_noise and stage_settings
+    layout_p_mirror: float = 0.5  # the layout stage's; see mirrored_signal
+    layout_mirror_min_timestep: int = 800
+    layout_grounding_weight: float = 0.05  # the layout stage's; see sdcourse.grounding
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"  # the UNet stages run the same recipe on "cuda" when one is at hand
@@ -386,6 +392,44 @@ def training_noise(shape, generator: torch.Generator, offset: float, pyramid_dis
     return noise + offset * torch.randn(shape[:2] + (1, 1), generator=generator)
 
 
+MIRROR_AXES = {"left": -1, "right": -1, "top": -2, "bottom": -2}  # the latent axis that swaps each pair
+
+
+def mirror_axis(caption: str) -> int | None:
+    """The latent axis (-1 width, -2 height) whose flip moves every object the caption places to
+    the opposite place; None when the caption places none, or says "center"."""
+    if not caption:
+        return None
+    axes = {MIRROR_AXES.get(obj.position) for obj in world.parse_caption(caption).objects}
+    return axes.pop() if len(axes) == 1 and None not in axes else None
+
+
+def mirrored_signal(clean, captions, timesteps, draws, p_mirror: float, min_timestep: int) -> torch.Tensor:
+    """The clean latents that the noisy latents are built from: for a share `p_mirror` of the
+    examples at timesteps ≥ `min_timestep` whose caption places the objects, their mirror image.
+
+    With SD's schedule the noisiest timesteps keep a faint copy of the image (√ᾱ ≈ 0.07-0.2), and
+    the model learns to read where each object is from it instead of from the caption; sampling
+    starts from pure noise, whose random faint "copy" then decides which object goes where
+    (measured: swapping the caption's positions moved the colours in 6 % of pairs). Built from a
+    mirrored copy and trained to predict the unmirrored image, the model has to take the
+    arrangement from the words at those noise levels.
+    """
+    signal = clean.clone()
+    for k, caption in enumerate(captions):
+        axis = mirror_axis(caption)
+        if axis is not None and timesteps[k] >= min_timestep and draws[k] < p_mirror:
+            signal[k] = clean[k].flip(axis)
+    return signal
+
+
+def epsilon_target(noise_scheduler, noise, signal, clean, timesteps) -> torch.Tensor:
+    """The noise to predict for `add_noise(signal, noise, timesteps)` so that x0 comes out as
+    `clean`: `noise` itself where the signal is the clean latents."""
+    alphas_cumprod = noise_scheduler.alphas_cumprod[timesteps.cpu()].to(noise.device)[:, None, None, None]
+    return noise + (alphas_cumprod / (1 - alphas_cumprod)).sqrt() * (signal - clean)
+
+
 def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
@@ -438,17 +482,22 @@ def variant_inputs(stage: str, config, data, index, vae, noise_scheduler, genera
 
 def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
     """The recipe of one UNet stage: steps, learning rate, how often captions say sizes and
-    positions, the x0-weight floor (`snr_weights`) and the pyramid-noise discount (`training_noise`)."""
+    positions, the x0-weight floor (`snr_weights`), the pyramid-noise discount (`training_noise`),
+    and from which timestep how many noisy latents are mirrored (`mirrored_signal`) and how much
+    the position words' attention is grounded (`sdcourse.grounding`)."""
     if stage == "base":
         return dict(steps=config.base_steps, lr=config.lr, p_size=config.base_p_mention_size,
-                    p_position=config.base_p_mention_position, snr_floor=config.base_snr_floor, pyramid_discount=0.0)
+                    p_position=config.base_p_mention_position, snr_floor=config.base_snr_floor, pyramid_discount=0.0,
+                    p_mirror=0.0, grounding_weight=0.0)
     later = dict(p_size=config.p_mention_size, p_position=config.p_mention_position, snr_floor=config.snr_floor,
-                 pyramid_discount=0.0)
+                 pyramid_discount=0.0, p_mirror=0.0, grounding_weight=0.0)
     if stage == "refine":
         return {**later, "steps": config.refine_steps, "lr": config.lr}
     if stage == "layout":
         return {**later, "steps": config.layout_steps, "lr": config.lr / 2, "text_words": world.POSITIONS,
-                "p_position": config.layout_p_mention_position, "pyramid_discount": config.pyramid_noise_discount}
+                "p_position": config.layout_p_mention_position, "pyramid_discount": config.pyramid_noise_discount,
+                "p_mirror": config.layout_p_mirror, "min_timestep": config.layout_mirror_min_timestep,
+                "grounding_weight": config.layout_grounding_weight}
     # White noise from here on: trained on pyramid noise and sampled from white noise, the variants drifted in
     # low-frequency colour (measured: inpaint outside the mask 48 -> 41 dB, upscale 25.8 -> 23.0 dB), and
     # the layout UNet, settled on white noise, kept its positions (0.88 -> 0.87) and drew shapes better (0.83 -> 0.85).
@@ -530,6 +579,11 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         start, seconds_before = meta["step"], meta["seconds"]
     for m in modules.values():
         m.train()
+    grounding_weight = settings["grounding_weight"]
+    if grounding_weight:
+        processors = unet.attn_processors
+        recorder = grounding.record_cross_attention(unet)
+    grounding_losses = []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage)
     for step in bar:
         rng = step_rng(config.seed, stage, step)
@@ -546,8 +600,15 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         noise = noise.to(device)  # drawn on the CPU: the same noise on every device
         timesteps = torch.from_numpy(rng.integers(0, 1000, config.batch_size))
         weights = snr_weights(noise_scheduler, timesteps, config.snr_gamma, snr_floor).to(device)
+        target = noise
+        if settings["p_mirror"] > 0:
+            signal = mirrored_signal(clean, captions, timesteps, rng.random(config.batch_size), settings["p_mirror"],
+                                     settings["min_timestep"])
+            noisy = noise_scheduler.add_noise(signal, noise, timesteps.to(device))
+            target = epsilon_target(noise_scheduler, noise, signal, clean, timesteps)
+        else:
+            noisy = noise_scheduler.add_noise(clean, noise, timesteps.to(device))
         timesteps = timesteps.to(device)
-        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         extra, class_labels = variant_inputs(stage, config, data, index, vae, noise_scheduler, generator, rng)
         if extra is not None:
             noisy = torch.cat([noisy, extra.to(device)], dim=1)
@@ -561,9 +622,18 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         else:
             with torch.no_grad():
                 encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
+        if grounding_weight:
+            recorder.maps.clear()
         prediction = unet(noisy, timesteps, encoder_hidden_states, class_labels=class_labels).sample
-        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=[1, 2, 3])
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=[1, 2, 3])
         loss = (per_sample * weights).mean()
+        if grounding_weight:
+            input_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            attention_loss = grounding.grounding_loss(recorder.maps, tokenizer, input_ids, [data["scenes"][i] for i in index],
+                                                      samples=timesteps.cpu() >= settings["min_timestep"],
+                                                      words=frozenset(world.POSITIONS))
+            loss = loss + grounding_weight * attention_loss
+            grounding_losses.append(attention_loss.item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -576,7 +646,8 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
                         ema[f"{name}.{k}"].lerp_(v, 1 - decay)
         losses.append(loss.item())
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}",
+                            **({"grounding": f"{np.mean(grounding_losses[-100:]):.3f}"} if grounding_losses else {}))
         stop = sitting.over()
         if step + 1 < steps and (stop or (step + 1) % config.checkpoint_every == 0):
             seconds = dict(seconds=seconds_before + time.time() - t0)
@@ -584,6 +655,8 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
             if stop:
                 return None
 
+    if grounding_weight:
+        unet.set_attn_processor(processors)
     # The EMA weights are the model.
     for name, m in modules.items():
         m.load_state_dict({k: ema[f"{name}.{k}"] for k in m.state_dict()})
@@ -594,7 +667,10 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         text_encoder.save_pretrained(final / "text_encoder")
     log = {"steps": steps, "seconds": seconds_before + time.time() - t0, "final_loss": float(np.mean(losses[-200:])),
            "lr": lr, "snr_gamma": config.snr_gamma, "snr_floor": snr_floor, "p_mention_size": p_size,
-           "p_mention_position": p_position, "pyramid_noise_discount": pyramid_discount, "device": config.device,
+           "p_mention_position": p_position, "pyramid_noise_discount": pyramid_discount,
+           "p_mirror": settings["p_mirror"], "mirror_min_timestep": settings.get("min_timestep"),
+           "grounding_weight": grounding_weight,
+           "final_grounding_loss": float(np.mean(grounding_losses[-200:])) if grounding_losses else None, "device": config.device,
            "text_words": list(settings.get("text_words", []))}
     (final / "log.json").write_text(json.dumps(log))
     return unet
@@ -663,6 +739,10 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
                 weighting += f", x0 weight ≥ {log['snr_floor']:g}"
             if log.get("pyramid_noise_discount"):
                 weighting += f"; pyramid noise {log['pyramid_noise_discount']:g}"
+            if log.get("p_mirror"):
+                weighting += f"; {log['p_mirror']:.0%} mirrored at t ≥ {log['mirror_min_timestep']}"
+            if log.get("grounding_weight"):
+                weighting += f"; position grounding {log['grounding_weight']:g}"
         said = ""
         if "p_mention_size" in log:
             said = f"{log['p_mention_size']:.0%} / {log['p_mention_position']:.0%}"
@@ -698,8 +778,11 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
         "shares it): a layout stage continues the UNet with captions that almost always say where the objects are",
         "and pyramid noise (coarse noise that hides the layout, so that the model must take it from the caption;",
         "`training_noise`), and learns only the input embeddings of the five position words (left, right, top,",
-        "bottom, center; captions without them encode as before); a settle stage continues that UNet on white",
-        "noise, the noise sampling starts from;",
+        "bottom, center; captions without them encode as before). At t ≥ 800, where sampling decides which object",
+        "goes where, half the placed examples are noised from their mirror image but must still predict the",
+        "unmirrored one (`mirrored_signal`: the faint copy of the image that SD's schedule leaves there must not",
+        "decide the arrangement), and a grounding loss puts each position word's cross-attention on its object",
+        "(`sdcourse.grounding`). A settle stage continues that UNet on white noise, the noise sampling starts from;",
         f"{config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise {config.get('offset_noise', 0)} (on a 16×16",

@@ -18,6 +18,7 @@ def tiny_config(run_dir, **overrides) -> MiniTrainConfig:
         run_dir=str(run_dir), num_scenes=64, vae_steps=4, vae_batch_size=2, base_steps=4, refine_steps=3, layout_steps=3,
         settle_steps=2, batch_size=2,
         variant_steps={"inpaint": 2, "depth": 2, "upscale": 2}, checkpoint_every=100, warmup_steps=2,
+        layout_mirror_min_timestep=0,  # a few steps draw few timesteps ≥ 800: mirror and ground at all of them
     )
     return MiniTrainConfig(**{**settings, **overrides})
 
@@ -65,6 +66,10 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert said(settle) == (0.7, 0.9, 0.2, 0.0) and settle["lr"] == refine["lr"] / 4  # white noise again
     assert said(inpaint) == (0.7, 0.8, 0.2, 0.0)  # pyramid noise hurt the variants
     assert layout["steps"] == 3 and settle["steps"] == 2 and layout["device"] == "cpu"
+    # Only the layout stage mirrors noisy latents and grounds the position words.
+    assert (layout["p_mirror"], layout["mirror_min_timestep"], layout["grounding_weight"]) == (0.5, 0, 0.05)
+    assert 0 < layout["final_grounding_loss"] < 1
+    assert all(log["p_mirror"] == 0 and log["grounding_weight"] == 0 for log in (base, refine, settle, inpaint))
     # After refine the text encoder is frozen but for the embeddings of the five position words, which
     # the layout stage learns: captions without them encode exactly as with refine's text encoder.
     assert not any((run / stage / "final" / "text_encoder").exists() for stage in ("settle", "inpaint"))
@@ -83,7 +88,8 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert not all(torch.equal(settle_unet[k], layout_unet[k]) for k in settle_unet)
     card = (root / "assets" / "README.md").read_text()
     assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
-    assert "| layout | `unet/` UNet2DConditionModel" in card and "pyramid noise 0.8 | 70% / 90% |" in card
+    assert "| layout | `unet/` UNet2DConditionModel" in card
+    assert "pyramid noise 0.8; 50% mirrored at t ≥ 0; position grounding 0.05 | 70% / 90% |" in card
     assert "| settle | `unet/` UNet2DConditionModel" in card
 
 
@@ -201,3 +207,29 @@ def test_loss_weights_for_v_prediction_give_the_same_x0_weights():
     w_v = train_mini.snr_weights(v, timesteps, gamma=5.0, floor=0.25)
     torch.testing.assert_close(w_v * (snr + 1), w_eps * snr)
     torch.testing.assert_close(w_v * (snr + 1), torch.stack([torch.tensor(5.0), snr[1], torch.tensor(0.25)]))
+
+
+def test_mirrored_examples_are_the_noisy_placed_ones_and_still_aim_at_the_unmirrored_image():
+    from diffusers import DDPMScheduler
+
+    assert train_mini.mirror_axis("a red circle on the left and a blue square on the right, on a black background") == -1
+    assert train_mini.mirror_axis("a small red circle at the bottom, on a black background") == -2
+    for unplaced in ("a red circle in the center, on a black background", "a red circle on a black background", ""):
+        assert train_mini.mirror_axis(unplaced) is None
+    captions = ["a red circle on the left, on a black background", "a red circle at the top, on a black background",
+                "a red circle on a black background", "a red circle on the left, on a black background"]
+    clean = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([900, 850, 900, 700])
+    signal = train_mini.mirrored_signal(clean, captions, timesteps, draws=torch.zeros(4), p_mirror=0.5, min_timestep=800)
+    assert torch.equal(signal[0], clean[0].flip(-1)) and torch.equal(signal[1], clean[1].flip(-2))
+    assert torch.equal(signal[2:], clean[2:])  # unplaced; not noisy enough
+    not_drawn = train_mini.mirrored_signal(clean, captions, timesteps, draws=torch.ones(4), p_mirror=0.5, min_timestep=800)
+    assert torch.equal(not_drawn, clean)
+    # The target noise is the one whose removal from the mirrored noisy latents gives the unmirrored x0.
+    scheduler = DDPMScheduler(**train_mini.noise_scheduler_config())
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    noisy = scheduler.add_noise(signal, noise, timesteps)
+    target = train_mini.epsilon_target(scheduler, noise, signal, clean, timesteps)
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps][:, None, None, None]
+    torch.testing.assert_close((noisy - (1 - alphas_cumprod).sqrt() * target) / alphas_cumprod.sqrt(), clean)
+    assert torch.equal(target[2:], noise[2:]) and not torch.allclose(target[:2], noise[:2])

@@ -1,0 +1,88 @@
+"""The grounding loss: which tokens name which object, and attention inside versus outside it."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from sdcourse import grounding, world
+from sdcourse.tokenizer import load_tokenizer
+from sdcourse.train_mini import unet_config
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def ids_of(tokenizer, captions):
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def words(tokenizer, caption):
+    ids = ids_of(tokenizer, [caption])[0].tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return [[tokens[i].removesuffix("</w>") for i in positions] for positions in grounding.object_tokens(tokenizer, ids)]
+
+
+def test_each_object_gets_its_own_words_and_the_background_colour_none(tokenizer):
+    caption = "a small red circle on the left and a blue shape on the right, on a green background"
+    assert words(tokenizer, caption) == [["small", "red", "circle", "left"], ["blue", "shape", "right"]]
+    assert words(tokenizer, "a yellow triangle on a gray background") == [["yellow", "triangle"]]
+    assert words(tokenizer, "") == []
+    ids = ids_of(tokenizer, [caption])[0].tolist()
+    positions_only = grounding.object_tokens(tokenizer, ids, words=frozenset(world.POSITIONS))
+    assert [[tokenizer.convert_ids_to_tokens(ids[i]) for i in object_] for object_ in positions_only] == [
+        ["left</w>"], ["right</w>"]]
+    # An object whose position is not said keeps its place in the list, with no words.
+    assert grounding.object_tokens(tokenizer, ids_of(tokenizer, ["a red circle"])[0].tolist(),
+                                   words=frozenset(world.POSITIONS)) == [[]]
+
+
+def two_object_scene():
+    return world.Scene(background="green", objects=[
+        world.SceneObject(shape="circle", colour="red", size="large", position="left", depth=0.5),
+        world.SceneObject(shape="square", colour="blue", size="large", position="right", depth=0.9),
+    ])
+
+
+def test_attention_on_the_object_costs_nothing_and_on_the_other_object_almost_everything(tokenizer):
+    scene = two_object_scene()
+    caption = world.caption(scene)
+    input_ids = ids_of(tokenizer, [caption])
+    masks = grounding.token_masks(tokenizer, input_ids, [scene])
+    objects = grounding.object_tokens(tokenizer, input_ids[0].tolist())
+    cells = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.stack(world.render(scene).masks)).float(), 16)
+    cells = cells.flatten(1)  # (objects, 256)
+
+    def attention(own: bool) -> torch.Tensor:
+        probs = torch.full((1, 256, 77), 1e-6)
+        for k, positions in enumerate(objects):
+            probs[0][:, positions] = cells[k if own else 1 - k][:, None] + 1e-6
+        return probs
+
+    assert masks.shape == (1, 77, 64, 64) and masks[0, objects[0][0]].sum() == world.render(scene).masks[0].sum()
+    right = grounding.grounding_loss([attention(True)], tokenizer, input_ids, [scene])
+    swapped = grounding.grounding_loss([attention(False)], tokenizer, input_ids, [scene])
+    assert right < 0.15 and swapped > 0.9
+
+
+def test_a_caption_that_names_another_number_of_objects_is_refused(tokenizer):
+    scene = two_object_scene()
+    input_ids = ids_of(tokenizer, ["a red circle on a green background"])
+    with pytest.raises(ValueError, match="names 1 objects, its scene has 2"):
+        grounding.token_masks(tokenizer, input_ids, [scene])
+
+
+def test_the_recorded_attention_carries_gradients_to_the_cross_attention_weights(tokenizer):
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**unet_config())
+    recorder = grounding.record_cross_attention(unet)
+    scene = two_object_scene()
+    input_ids = ids_of(tokenizer, [world.caption(scene)])
+    unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, unet.config.cross_attention_dim))
+    assert sorted({m.shape[1] for m in recorder.maps}) == [16, 64, 256]  # 4×4 middle, 8×8 and 16×16
+    loss = grounding.grounding_loss(recorder.maps, tokenizer, input_ids, [scene])
+    loss.backward()
+    to_k = [layer.to_k.weight.grad for layer in grounding.cross_attention_layers(unet).values()]
+    assert 0 < loss.item() < 1 and all(g is not None and g.abs().sum() > 0 for g in to_k)
