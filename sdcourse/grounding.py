@@ -27,6 +27,7 @@ from . import world
 from .attention import RecordingProcessor, cross_attention_layers
 
 OBJECT_WORDS = frozenset([*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES, *world.POSITIONS])
+POSITION_WORDS = frozenset(world.POSITIONS)  # what mini-SD's layout stage grounds
 
 
 def object_tokens(tokenizer, input_ids, words=OBJECT_WORDS) -> list[list[int]]:

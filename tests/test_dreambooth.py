@@ -678,7 +678,7 @@ def mini_runs(tmp_path_factory):
     return before, scores_after
 
 
-# Full fine-tuning of the layout-stage mini-SD depends on the training seed more than these bars
+# Full fine-tuning of the first layout-stage mini-SD depends on the training seed more than these bars
 # allow: at 1.5e-4, identifier 3e-2, seeds 0 / 1 / 2 gave concept 0.67 / 0.67 / 0.47 and class drop
 # 0.16 / 0.02 / 0.01 (constant 2e-4 with the identifier at 1e-2: 0.67 and 0.20 at seed 0; a cosine
 # schedule, as LoRA's, at seed 0: concept 0.47 at 1.5e-4, 0.53 at 2e-4). The mini-SD before the
@@ -687,13 +687,13 @@ def mini_runs(tmp_path_factory):
 # learns the star less (concept 0.47).
 FULL_SEED_DEPENDENT = pytest.mark.xfail(reason="full fine-tuning at seed 0: concept 0.47 (bar 0.70); "
                                                "see FULL_SEED_DEPENDENT")
-WITH_PRIOR = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=FULL_SEED_DEPENDENT)]
+CONCEPT_CASES = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=FULL_SEED_DEPENDENT)]
 METHODS = [pytest.param(True, id="lora"), pytest.param(False, id="full")]
 
 
 @needs_mini
 @pytest.mark.slow
-@pytest.mark.parametrize("use_lora", WITH_PRIOR)
+@pytest.mark.parametrize("use_lora", CONCEPT_CASES)
 def test_mini_learns_the_concept_with_prior_preservation(mini_runs, use_lora):
     before, scores_after = mini_runs
     after = scores_after(use_lora)

@@ -81,7 +81,7 @@ def not_yet(measured: str):
         ("position", 0.70),
         pytest.param("two_objects_all_right", 0.50, marks=not_yet(
             "0.219 measured; the caption mostly does not decide which object goes where: with its positions "
-            "swapped, the colours stay put in 0.63 of pairs (test below, benchmarks/binding.py)")),
+            "swapped, the colours stay put in 0.63 of 64 pairs (benchmarks/binding.py; 0.75 in the test below)")),
     ],
 )
 def test_text2img_quality_at_guidance_7_5(quality_at_7_5, attribute, bar):
@@ -158,8 +158,7 @@ def upscale_result():
 
 
 def test_upscaler_beats_bicubic(upscale_result):
-    """At quality.UPSCALE_GUIDANCE (measured: 28.160 dB vs bicubic 28.158, with the text encoder whose position
-    words the layout stage relearned; 28.6 with the one before; at guidance 7.5 only 25.9)."""
+    """At quality.UPSCALE_GUIDANCE (measured: 28.27 dB vs bicubic 28.16; at guidance 7.5 only 25.4)."""
     assert upscale_result["psnr"] > upscale_result["psnr_bicubic"]
 
 

@@ -133,15 +133,16 @@ def test_variants_start_from_the_base_unet_with_zeroed_extra_channels():
 
 
 def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path):
-    """Stop after 2 steps, run again: identical to one uninterrupted run (data order and noise included)."""
-    stages = ("vae", "base")
+    """Stop after 2 steps, run again: identical to one uninterrupted run (data order and noise included,
+    and the layout stage's mirrored examples and grounding)."""
+    stages = ("vae", "base", "refine", "layout")
     straight = train_mini.train(tiny_config(tmp_path / "a"), stages=stages)
     assert straight["finished"]
     first = train_mini.train(tiny_config(tmp_path / "b"), stages=stages, max_steps=2)
     assert not first["finished"] and (tmp_path / "b" / "vae" / "checkpoint" / "state.safetensors").exists()
     while not train_mini.train(tiny_config(tmp_path / "b"), stages=stages, max_steps=3)["finished"]:
         pass
-    for part in ["vae/final", "base/final/unet", "base/final/text_encoder"]:
+    for part in ["vae/final", "base/final/unet", "base/final/text_encoder", "layout/final/unet", "layout/final/text_encoder"]:
         a, b = weights(tmp_path / "a" / part), weights(tmp_path / "b" / part)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), part
