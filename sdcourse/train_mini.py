@@ -600,14 +600,12 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         noise = noise.to(device)  # drawn on the CPU: the same noise on every device
         timesteps = torch.from_numpy(rng.integers(0, 1000, config.batch_size))
         weights = snr_weights(noise_scheduler, timesteps, config.snr_gamma, snr_floor).to(device)
-        target = noise
+        signal = clean
         if settings["p_mirror"] > 0:
             signal = mirrored_signal(clean, captions, timesteps, rng.random(config.batch_size), settings["p_mirror"],
                                      settings["min_timestep"])
-            noisy = noise_scheduler.add_noise(signal, noise, timesteps.to(device))
-            target = epsilon_target(noise_scheduler, noise, signal, clean, timesteps)
-        else:
-            noisy = noise_scheduler.add_noise(clean, noise, timesteps.to(device))
+        noisy = noise_scheduler.add_noise(signal, noise, timesteps.to(device))
+        target = epsilon_target(noise_scheduler, noise, signal, clean, timesteps)  # the noise itself where signal is clean
         timesteps = timesteps.to(device)
         extra, class_labels = variant_inputs(stage, config, data, index, vae, noise_scheduler, generator, rng)
         if extra is not None:
