@@ -290,7 +290,8 @@ def load_pipeline(
     name: "auto" (real SD on a CUDA GPU with the hub reachable, else mini-SD; the
     SDCOURSE_MODEL environment variable overrides), "mini", a short name from
     `REAL_MODELS`, any hub id, or a local folder saved with `save_pretrained`.
-    The memory switches trade speed for GPU memory.
+    The memory switches trade speed for GPU memory (`benchmarks/generation.py`: VAE tiling
+    lowers the x4 upscaler's peak; attention slicing saves nothing at 512 px with PyTorch 2).
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}.")
