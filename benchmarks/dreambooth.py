@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,14 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file  # beside this script
+
 RESULTS = Path(__file__).parent / "results" / "dreambooth.json"
 GIB = 1024**3
-
-
-def rss_peak_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 1024**2
 
 
 # --------------------------------------------------------------------------- CPU
@@ -86,12 +81,13 @@ def run_one_cpu(settings: dict, steps: int, workdir: Path) -> dict:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config = cpu_config(settings, workdir, steps, cpu_model(settings["model"]))
-    before = rss_peak_mib()
+    before = results_file.rss_peak_mib()
     result = dreambooth.train_dreambooth(config, progress=False)
     return {
         **{k: v for k, v in settings.items() if k != "cache_text_embeddings"},
         "steps": steps, "steps_per_second": round(result.steps_per_second, 2),
-        "peak_rss_mib": round(rss_peak_mib()), "training_added_mib": round(rss_peak_mib() - before),
+        "peak_rss_mib": round(results_file.rss_peak_mib()),
+        "training_added_mib": round(results_file.rss_peak_mib() - before),
     }
 
 
@@ -253,7 +249,7 @@ def main(argv=None):
     from sdcourse.models import mini_available
 
     # One file holds both modes: a run replaces its own section and keeps the other's.
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = results_file.load(args.out)
     stamp = {"environment": environment(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.gpu:
         import torch
@@ -270,10 +266,7 @@ def main(argv=None):
         use_mini = mini_available() and not args.no_mini
         results["cpu"] = {**stamp, "runs": cpu_mode(args.steps or 30, ["tiny"] + (["mini"] if use_mini else []))}
         results["cpu"]["mini_preset"] = mini_preset_runs() if use_mini else "mini-SD not trained yet"
-    text = json.dumps(results, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    results_file.save(args.out, results)
 
 
 if __name__ == "__main__":

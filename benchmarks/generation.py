@@ -32,11 +32,12 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import results_file  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "generation.json"
 GIB = 1024**3
@@ -46,12 +47,6 @@ GUIDANCE = 7.5
 CPU_TASKS = ("text2img", "img2img", "inpaint", "depth2img", "upscale")
 # task: layout of its real architecture (the x4 upscaler is SD 2 family; SD 2 has the depth model)
 GPU_LAYOUTS = {"text2img": "sd15", "inpaint": "sd15", "depth2img": "sd21", "upscale": "sd21"}
-
-
-def rss_peak_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 1024**2
 
 
 def guidance_scale(task: str) -> float:
@@ -126,7 +121,7 @@ def cpu_mode(tasks, steps: int, repeats: int) -> list[dict]:
         rows.append({
             "task": task, "model": "mini", "size": 64, "steps": steps, "guidance_scale": guidance_scale(task),
             "batch_size": 1, "seconds_per_image": round(seconds, 3), "threads": torch.get_num_threads(),
-            "process_peak_rss_mib": round(rss_peak_mib()),
+            "process_peak_rss_mib": round(results_file.rss_peak_mib()),
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         del pipe
@@ -260,7 +255,7 @@ def main(argv=None):
         parser.error(f"--tasks: choose from {', '.join(all_tasks)}")
 
     # One file holds both modes: a run replaces its own section and keeps the other's.
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = results_file.load(args.out)
     stamp = {"environment": environment(), "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.gpu:
         import torch
@@ -274,10 +269,7 @@ def main(argv=None):
         results["gpu"] = {**stamp, "runs": runs}
     else:
         results["cpu"] = {**stamp, "runs": cpu_mode(tasks, args.steps, args.repeats)}
-    text = json.dumps(results, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    results_file.save(args.out, results)
 
 
 if __name__ == "__main__":

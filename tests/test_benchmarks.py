@@ -1,6 +1,7 @@
 """The benchmark scripts' code paths that CI cannot run for real (no GPU), on tiny pipelines."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
 def load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # as when run as a script: the shared results_file module beside it
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
