@@ -1,7 +1,7 @@
 """Generation speed and memory for every task; writes benchmarks/results/generation.json.
 
-    OMP_NUM_THREADS=1 python benchmarks/generation.py   # CPU: mini-SD, 64×64 (upscale 16 → 64)
-    python benchmarks/generation.py --gpu                # CUDA: the real architectures in fp16 at 512 px
+    python benchmarks/generation.py          # CPU: mini-SD, 64×64 (upscale 16 → 64)
+    python benchmarks/generation.py --gpu    # CUDA: the real architectures in fp16 at 512 px
 
 Every row is one pipeline call setting: a warm-up call, then the median of `--repeats` (3)
 timed calls, each with DDIM at `--steps` (25), a fixed seed and classifier-free guidance
@@ -16,15 +16,15 @@ GPU mode builds each task's real architecture with random weights
 (`sdcourse.testing.real_pipeline`; speed and memory do not depend on the weights): SD 1.5
 for text2img and inpaint, SD 2.1 for depth2img, the x4 upscaler (128 → 512) for upscale;
 one pipeline at a time, built once on the CPU, then moved to CUDA in fp16 (the upscaler's
-VAE stays fp32: in fp16 it overflows, and the pipeline would upcast it at every call). For
-each: the weights' memory (`memory_allocated` after loading) and
-`torch.cuda.max_memory_allocated` while generating, at default settings (text2img also at
-batch 4), then with `pipe.enable_attention_slicing()` and `pipe.vae.enable_tiling()`. VAE
-tiling only changes anything once the latents outgrow its tile (the VAE config's
+VAE stays fp32, as `sdcourse.models.keep_vae_in_fp32` does). For each: the weights' bytes
+and `torch.cuda.max_memory_allocated` / `max_memory_reserved` while generating, at default
+settings (text2img also at batch 4), then with attention slicing alone, then with VAE tiling
+alone. VAE tiling only changes anything once the latents outgrow its tile (the VAE config's
 sample_size): at 512 px, only the upscaler's VAE (tile 256) tiles. An out-of-memory error
 is recorded for its row and the next row runs; each row is printed to stderr as it finishes.
 
-A run replaces only its own section ("cpu" or "gpu") of the results file.
+A run replaces its own section ("cpu" or "gpu") of the results file, all of it (so
+`--tasks` leaves only those tasks' rows), when it has finished.
 """
 
 import argparse
@@ -50,6 +50,7 @@ GPU_LAYOUTS = {"text2img": "sd15", "inpaint": "sd15", "depth2img": "sd21", "upsc
 
 
 def guidance_scale(task: str) -> float:
+    """The course's guidance for `task`: 7.5, the upscaler's own lower one."""
     from sdcourse.quality import UPSCALE_GUIDANCE
 
     return UPSCALE_GUIDANCE if task == "upscale" else GUIDANCE
@@ -120,7 +121,8 @@ def cpu_mode(tasks, steps: int, repeats: int) -> list[dict]:
         seconds = seconds_per_image(pipe, task, inputs, steps, 1, repeats, "cpu")
         rows.append({
             "task": task, "model": "mini", "size": 64, "steps": steps, "guidance_scale": guidance_scale(task),
-            "batch_size": 1, "seconds_per_image": round(seconds, 3), "threads": torch.get_num_threads(),
+            "batch_size": 1, "repeats": repeats, "seconds_per_image": round(seconds, 3),
+            "threads": torch.get_num_threads(),
             "process_peak_rss_mib": round(results_file.rss_peak_mib()),
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -133,7 +135,7 @@ def cpu_mode(tasks, steps: int, repeats: int) -> list[dict]:
 
 
 def build(task: str, tiny: bool):
-    """The task's real architecture with random weights (`tiny`: the tiny test pipeline, for debugging)."""
+    """The task's real architecture with random weights (`tiny`: the tiny test pipeline, for the tests)."""
     from sdcourse.testing import real_pipeline, tiny_pipeline
 
     pipe = tiny_pipeline(task) if tiny else real_pipeline(GPU_LAYOUTS[task], task)
@@ -142,22 +144,35 @@ def build(task: str, tiny: bool):
 
 
 def to_device(pipe, task: str, device: str):
-    """fp16 on CUDA (the upscaler's VAE in fp32, as its pipeline would upcast it anyway); fp32 elsewhere."""
+    """fp16 on CUDA (the upscaler's VAE in fp32, as `load_pipeline` keeps it); fp32 elsewhere."""
     import torch
+
+    from sdcourse.models import keep_vae_in_fp32
 
     if device != "cuda":
         return pipe.to(device)
     pipe = pipe.to(device, torch.float16)
-    if task == "upscale" and pipe.vae.config.force_upcast:
-        pipe.vae.to(torch.float32)
+    keep_vae_in_fp32(pipe)
     return pipe
 
 
-def enable_memory_savers(pipe) -> None:
-    """The switches `sdcourse.models.load_pipeline` offers: attention slicing and VAE tiling."""
-    pipe.enable_attention_slicing()
-    if hasattr(pipe.vae, "enable_tiling"):
+def use_setting(pipe, setting: str) -> None:
+    """Two of the memory switches of `sdcourse.models.load_pipeline`, one at a time."""
+    pipe.disable_attention_slicing()
+    pipe.vae.disable_tiling()
+    if setting == "attention slicing":
+        pipe.enable_attention_slicing()
+    elif setting == "vae tiling":
         pipe.vae.enable_tiling()
+
+
+def weights_gib(pipe) -> float:
+    """The bytes of every model's parameters and buffers."""
+    import torch
+
+    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+    return round(sum(t.numel() * t.element_size() for t in tensors) / GIB, 2)
 
 
 def measure_row(pipe, task: str, inputs: dict, steps: int, batch_size: int, repeats: int, device: str) -> dict:
@@ -175,31 +190,25 @@ def measure_row(pipe, task: str, inputs: dict, steps: int, batch_size: int, repe
         row = {"error": f"{type(error).__name__}: {error}"[:500]}
     if device == "cuda":
         row["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+        row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
         torch.cuda.empty_cache()
     return row
 
 
 def gpu_task_rows(task: str, steps: int, repeats: int, device: str, size: int, tiny: bool) -> list[dict]:
     """Build one pipeline, move it to the device, measure default settings then the memory savers."""
-    import torch
-
-    started = time.perf_counter()
-    pipe = build(task, tiny)
-    build_seconds = time.perf_counter() - started
-    pipe = to_device(pipe, task, device)
+    pipe = to_device(build(task, tiny), task, device)
+    inputs = task_inputs(task, size)
     common = {
         "task": task, "layout": "tiny" if tiny else GPU_LAYOUTS[task], "size": size,
-        "input_size": size // 4 if task == "upscale" else size, "steps": steps,
-        "guidance_scale": guidance_scale(task), "repeats": repeats, "build_seconds": round(build_seconds, 1),
+        "input_size": inputs["image"].size[0] if "image" in inputs else size, "steps": steps,
+        "guidance_scale": guidance_scale(task), "repeats": repeats, "weights_gib": weights_gib(pipe),
     }
-    if device == "cuda":
-        common["weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 2)
-    inputs = task_inputs(task, size)
-    settings = [("default", 1)] + ([("default", 4)] if task == "text2img" else []) + [("slicing+tiling", 1)]
+    settings = [("default", 1)] + ([("default", 4)] if task == "text2img" else [])
+    settings += [("attention slicing", 1), ("vae tiling", 1)]
     rows = []
     for setting, batch_size in settings:
-        if setting == "slicing+tiling":
-            enable_memory_savers(pipe)
+        use_setting(pipe, setting)
         row = {**common, "setting": setting, "batch_size": batch_size}
         row.update(measure_row(pipe, task, inputs, steps, batch_size, repeats, device))
         rows.append(row)
@@ -224,6 +233,7 @@ def gpu_mode(tasks, steps: int, repeats: int, device: str = "cuda", size: int = 
 
 
 def environment() -> dict:
+    """Versions and the machine, stamped on each section."""
     import diffusers
     import torch
     import transformers
@@ -243,10 +253,6 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per call")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row (after one warm-up call)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    # Debugging the GPU path without a GPU: --gpu --device cpu --size 64 [--tiny]; writes nothing.
-    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
-    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     all_tasks = tuple(GPU_LAYOUTS) if args.gpu else CPU_TASKS
@@ -260,13 +266,9 @@ def main(argv=None):
     if args.gpu:
         import torch
 
-        if args.device == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             sys.exit("--gpu needs a CUDA GPU")
-        runs = gpu_mode(tasks, args.steps, args.repeats, args.device, args.size, args.tiny)
-        if args.device != "cuda":
-            print(json.dumps(runs, indent=2))
-            return
-        results["gpu"] = {**stamp, "runs": runs}
+        results["gpu"] = {**stamp, "runs": gpu_mode(tasks, args.steps, args.repeats)}
     else:
         results["cpu"] = {**stamp, "runs": cpu_mode(tasks, args.steps, args.repeats)}
     results_file.save(args.out, results)

@@ -319,8 +319,17 @@ def load_pipeline(
         pipe.vae.enable_slicing()
     if vae_tiling:
         pipe.vae.enable_tiling()
+    keep_vae_in_fp32(pipe)
     if cpu_offload:
         pipe.enable_model_cpu_offload(device=device)  # moves each model to `device` only while it runs
     else:
         pipe = pipe.to(device)
     return pipe
+
+
+def keep_vae_in_fp32(pipe) -> None:
+    """Keep the upscaler's VAE in fp32: it overflows in fp16 (its config says `force_upcast`), and
+    the upscale pipeline would otherwise upcast it on every call, through a method diffusers deprecates."""
+    upscaler = isinstance(pipe, StableDiffusionUpscalePipeline)
+    if upscaler and pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
+        pipe.vae.to(torch.float32)

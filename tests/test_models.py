@@ -163,6 +163,16 @@ def test_memory_switches_reach_the_pipeline(monkeypatch):
     assert processors == {"SlicedAttnProcessor"}
 
 
+@pytest.mark.parametrize("task", ["upscale", "text2img"])
+def test_in_fp16_only_the_upscalers_vae_stays_fp32(monkeypatch, task):
+    """The upscale pipeline would upcast an fp16 VAE itself at every call, through a deprecated method."""
+    monkeypatch.setattr(models, "resolve_repo", lambda name, task: "someone/model")
+    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline(task).to(dtype=dtype))
+    pipe = models.load_pipeline("someone/model", task=task, device="cpu", dtype=torch.float16)
+    assert pipe.unet.dtype == torch.float16
+    assert pipe.vae.dtype == (torch.float32 if task == "upscale" else torch.float16)
+
+
 def test_a_unet_with_the_wrong_input_channels_is_refused(monkeypatch):
     monkeypatch.setattr(models, "resolve_repo", lambda name, task: "someone/model")
     monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline("inpaint"))
