@@ -430,9 +430,13 @@ def epsilon_target(noise_scheduler, noise, signal, clean, timesteps) -> torch.Te
     return noise + (alphas_cumprod / (1 - alphas_cumprod)).sqrt() * (signal - clean)
 
 
-def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """The captions' token ids, padded to CLIP's 77."""
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    return text_encoder(input_ids.to(text_encoder.device))[0]
 
 
 def expand_conv_in(unet: UNet2DConditionModel, in_channels: int, num_class_embeds=None) -> UNet2DConditionModel:
@@ -615,11 +619,12 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
 
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / config.warmup_steps) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        input_ids = tokenize(tokenizer, captions)
         if "text_encoder" in modules:
-            encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
+            encoder_hidden_states = encode_text(text_encoder, input_ids)
         else:
             with torch.no_grad():
-                encoder_hidden_states = encode_text(text_encoder, tokenizer, captions)
+                encoder_hidden_states = encode_text(text_encoder, input_ids)
         if grounding_weight:
             recorder.maps.clear()
         prediction = unet(noisy, timesteps, encoder_hidden_states, class_labels=class_labels).sample
@@ -627,7 +632,6 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         loss = (per_sample * weights).mean()
         losses.append(loss.item())  # the denoising loss: comparable across stages
         if grounding_weight:
-            input_ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
             attention_loss = grounding.grounding_loss(recorder.maps, tokenizer, input_ids, [data["scenes"][i] for i in index],
                                                       samples=timesteps.cpu() >= settings["min_timestep"],
                                                       words=grounding.POSITION_WORDS)
