@@ -656,13 +656,14 @@ def mini_runs(tmp_path_factory):
     before = dreambooth.concept_scores(load_pipeline("mini", device="cpu"))
     cache = {}
 
-    def scores_after(use_lora: bool, with_prior_preservation: bool = True) -> dict:
-        key = (use_lora, with_prior_preservation)
+    def scores_after(use_lora: bool, with_prior_preservation: bool = True, max_train_steps: int | None = None) -> dict:
+        key = (use_lora, with_prior_preservation, max_train_steps)
         if key not in cache:
+            changes = dict(max_train_steps=max_train_steps) if max_train_steps else {}
             config = DreamBoothConfig.from_preset(
                 "cpu-mini", instance_data_dir=str(root / "instance"), class_data_dir=str(root / "class"),
-                output_dir=str(root / f"out-{use_lora}-{with_prior_preservation}"), use_lora=use_lora,
-                with_prior_preservation=with_prior_preservation, **dreambooth.concept_settings(),
+                output_dir=str(root / f"out-{use_lora}-{with_prior_preservation}-{max_train_steps}"), use_lora=use_lora,
+                with_prior_preservation=with_prior_preservation, **dreambooth.concept_settings(), **changes,
             )
             result = train_dreambooth(config, progress=False)
             if use_lora:
@@ -687,8 +688,9 @@ def mini_runs(tmp_path_factory):
 # learns the star less (concept 0.47).
 FULL_SEED_DEPENDENT = pytest.mark.xfail(reason="full fine-tuning at seed 0: concept 0.47 (bar 0.70); "
                                                "see FULL_SEED_DEPENDENT")
-CONCEPT_CASES = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=FULL_SEED_DEPENDENT)]
-METHODS = [pytest.param(True, id="lora"), pytest.param(False, id="full")]
+# Full fine-tuning's run (3 more minutes) is left out of the default run: `-m long` runs it.
+CONCEPT_CASES = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=[FULL_SEED_DEPENDENT, pytest.mark.long])]
+METHODS = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=pytest.mark.long)]
 
 
 @needs_mini
@@ -715,8 +717,10 @@ def test_mini_prior_preservation_keeps_the_class(mini_runs, use_lora):
 @needs_mini
 @pytest.mark.slow
 def test_mini_without_prior_preservation_drifts_more(mini_runs):
+    """Without prior preservation the class drifts within half the preset's steps (measured at 300
+    steps: class drop 0.31, concept already 0.73; at the preset's 600: drop 0.57)."""
     before, scores_after = mini_runs
     drop_with = before["class"] - scores_after(True)["class"]
-    drop_without = before["class"] - scores_after(True, with_prior_preservation=False)["class"]
-    print(f"\nclass accuracy drop: {drop_with:.2f} with prior preservation, {drop_without:.2f} without")
-    assert drop_without >= drop_with + 0.10  # measured: 0.57 vs -0.06
+    drop_without = before["class"] - scores_after(True, with_prior_preservation=False, max_train_steps=300)["class"]
+    print(f"\nclass accuracy drop: {drop_with:.2f} with prior preservation (600 steps), {drop_without:.2f} without (300)")
+    assert drop_without >= drop_with + 0.10  # measured: 0.31 vs -0.06
