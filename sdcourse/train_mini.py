@@ -53,7 +53,7 @@ from .text import learn_token_embeddings
 from .tokenizer import TOKENIZER_DIR, load_tokenizer
 
 STAGES = ("vae", "base", "refine", "layout", "settle", "inpaint", "depth", "upscale")
-TEXT_STAGES = ("base", "refine")  # train the UNet and the text encoder together; later stages share refine's
+TEXT_STAGES = ("base", "refine")  # train the UNet and the text encoder together; later stages freeze it
 STARTS_FROM = {"refine": "base", "layout": "refine", "settle": "layout", "inpaint": "refine", "depth": "refine", "upscale": "refine"}
 VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5, "upscale": 7}
 UNET_FOLDER = {"settle": "unet", "inpaint": "unet_inpaint", "depth": "unet_depth", "upscale": "unet_upscale"}
