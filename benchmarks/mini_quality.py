@@ -83,10 +83,10 @@ def card_metrics(results: dict) -> dict:
                 metrics[f"text2img guidance {scale}: {key}"] = r[key]
     metrics["VAE PSNR on held-out renders (dB)"] = results["vae_psnr_db"]
     metrics["seconds per 64×64 image (25 steps, CFG, CPU)"] = results["seconds_per_image_25_steps_cfg"]
-    for task in ("inpaint", "depth2img", "upscale", "upscale_heldout"):
-        label = task
-        if task.startswith("upscale"):
-            label = f"upscale (guidance {quality.UPSCALE_GUIDANCE:g}{', held-out scenes' if task != 'upscale' else ''})"
+    upscale = f"upscale (guidance {quality.UPSCALE_GUIDANCE:g}"
+    labels = {"inpaint": "inpaint", "depth2img": "depth2img", "upscale": f"{upscale})",
+              "upscale_heldout": f"{upscale}, held-out scenes)"}
+    for task, label in labels.items():
         for key, value in results.get(task, {}).items():
             if key != "n":
                 metrics[f"{label}: {key}"] = value

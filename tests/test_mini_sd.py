@@ -160,9 +160,8 @@ def upscale_result():
     return result
 
 
-@pytest.mark.xfail(reason="bar not met by the shipped model: 27.9 dB vs bicubic 28.9 on these held-out scenes "
-                          "(64 held-out: 27.2 vs 28.2); its edges are sharp but 1-2 px off, bicubic's are soft "
-                          "but centred (the model card; quality.UPSCALE_GUIDANCE)")
+@not_yet("27.9 dB vs bicubic 28.9 on these held-out scenes (64 held-out: 27.2 vs 28.2); its edges are sharp "
+         "but 1-2 px off, bicubic's are soft but centred (quality.UPSCALE_GUIDANCE)")
 def test_upscaler_beats_bicubic(upscale_result):
     """At quality.UPSCALE_GUIDANCE, on scenes no setting was chosen on."""
     assert upscale_result["psnr"] > upscale_result["psnr_bicubic"]
