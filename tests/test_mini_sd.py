@@ -154,14 +154,12 @@ def upscale_result():
         pytest.skip("mini-SD upscale model not trained yet")
     pipe = models.load_pipeline("mini", task="upscale", device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    # Held-out scenes: UPSCALE_GUIDANCE was chosen on quality.eval_scenes(32), where the upscaler wins by 0.1 dB.
+    # Held-out scenes: UPSCALE_GUIDANCE was chosen on other scenes (see its comment).
     result = quality.upscale_quality(pipe, quality.eval_scenes(32, seed=quality.HELDOUT_SEED))
     print(result)
     return result
 
 
-@not_yet("27.9 dB vs bicubic 28.9 on these held-out scenes (64 held-out: 27.2 vs 28.2); its edges are sharp "
-         "but 1-2 px off, bicubic's are soft but centred (quality.UPSCALE_GUIDANCE)")
 def test_upscaler_beats_bicubic(upscale_result):
     """At quality.UPSCALE_GUIDANCE, on scenes no setting was chosen on."""
     assert upscale_result["psnr"] > upscale_result["psnr_bicubic"]

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -234,3 +235,13 @@ def test_mirrored_examples_are_the_noisy_placed_ones_and_still_aim_at_the_unmirr
     alphas_cumprod = scheduler.alphas_cumprod[timesteps][:, None, None, None]
     torch.testing.assert_close((noisy - (1 - alphas_cumprod).sqrt() * target) / alphas_cumprod.sqrt(), clean)
     assert torch.equal(target[2:], noise[2:]) and not torch.allclose(target[:2], noise[:2])
+
+
+def test_upscaler_noise_levels_cover_the_whole_range_and_favour_the_pipelines_low_levels():
+    rng = np.random.default_rng(0)
+    levels = train_mini.upscale_noise_levels(MiniTrainConfig(), rng, 20000)
+    assert levels.min() == 0 and levels.max() == train_mini.MAX_NOISE_LEVEL
+    # The pipeline's default noise_level is 20: about a quarter of examples at or below it, not 6 %.
+    assert 0.20 < np.mean(levels <= 20) < 0.27
+    uniform = train_mini.upscale_noise_levels(MiniTrainConfig(upscale_p_low_noise=0.0), rng, 20000)
+    assert 0.04 < np.mean(uniform <= 20) < 0.08
