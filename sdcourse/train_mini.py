@@ -110,8 +110,9 @@ class MiniTrainConfig:
     refine_steps: int = 3000  # the base continued with fuller captions and more weight on high noise
     layout_steps: int = 3000  # the refined model continued with positions said and pyramid noise
     settle_steps: int = 1000  # the layout UNet continued on white noise
-    # The upscaler's edges must land within a pixel to beat bicubic's PSNR: at 2500 steps they did not
-    # (held-out scenes 27.4 dB, bicubic 28.2; centroids 0.8 px off), at 5000 they do (29.5; 0.55 px).
+    # The upscaler's edges must land well within a pixel to beat bicubic's PSNR (its centroids: < 0.1 px).
+    # With upscale_noise_levels, at 2500 steps they were 0.8 px off (held-out 27.4 dB, bicubic 28.2),
+    # at 5000 0.55 px (29.5 dB).
     variant_steps: dict = field(default_factory=lambda: {"inpaint": 2500, "depth": 2500, "upscale": 5000})
     upscale_p_low_noise: float = 0.5  # how often the upscaler's low-res image is noised only up to ...
     upscale_low_noise_max: int = 50  # ... this level (the pipeline's default is 20); else up to MAX_NOISE_LEVEL
@@ -459,9 +460,9 @@ def expand_conv_in(unet: UNet2DConditionModel, in_channels: int, num_class_embed
 
 def upscale_noise_levels(config, rng, n: int) -> np.ndarray:
     """How much the upscaler's low-res images are noised (the pipeline's `noise_level`): uniform up to
-    MAX_NOISE_LEVEL, but a share `upscale_p_low_noise` only up to `upscale_low_noise_max`. Near the
-    pipeline's default of 20 the low-res pixels still say where an edge lies within its 4×4 block;
-    drawn uniformly, only 6 % of examples were that clean (measured on held-out scenes: 27.2 -> 27.4 dB)."""
+    MAX_NOISE_LEVEL, but a share `upscale_p_low_noise` only up to `upscale_low_noise_max`. Only a clean
+    low-res pixel says where an edge lies within its 4×4 block, and drawn uniformly only 6 % of the
+    examples were as clean as the pipeline's default of 20 (half drawn low: 27.2 -> 27.4 dB held out)."""
     levels = rng.integers(0, MAX_NOISE_LEVEL + 1, n)
     low = rng.random(n) < config.upscale_p_low_noise
     return np.where(low, rng.integers(0, config.upscale_low_noise_max + 1, n), levels)

@@ -92,6 +92,10 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert "| layout | `unet/` UNet2DConditionModel" in card
     assert "pyramid noise 0.8; 50% mirrored at t ≥ 0; position grounding 0.05 | 70% / 90% |" in card
     assert "| settle | `unet/` UNet2DConditionModel" in card
+    upscale = json.loads((run / "upscale" / "final" / "log.json").read_text())
+    assert (upscale["upscale_p_low_noise"], upscale["upscale_low_noise_max"]) == (0.5, 50)
+    assert "x0 weight ≥ 0.2; low-res noise ≤ 50 in 50% | 70% / 80% |" in card  # the upscale row only
+    assert card.count("low-res noise") == 1
 
 
 def test_a_variant_without_its_starting_stage_says_which_stage_to_train(tmp_path):
@@ -245,3 +249,5 @@ def test_upscaler_noise_levels_cover_the_whole_range_and_favour_the_pipelines_lo
     assert 0.20 < np.mean(levels <= 20) < 0.27
     uniform = train_mini.upscale_noise_levels(MiniTrainConfig(upscale_p_low_noise=0.0), rng, 20000)
     assert 0.04 < np.mean(uniform <= 20) < 0.08
+    only_low = train_mini.upscale_noise_levels(MiniTrainConfig(upscale_p_low_noise=1.0), rng, 5000)
+    assert only_low.min() == 0 and only_low.max() == 50
