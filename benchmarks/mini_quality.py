@@ -2,6 +2,7 @@
 
     python benchmarks/mini_quality.py            # everything (a few minutes on 2 cores)
     python benchmarks/mini_quality.py --quick    # fewer prompts, for a progress check
+    python benchmarks/mini_quality.py --card-only  # rewrite the card from the results file, measure nothing
 """
 
 import argparse
@@ -33,7 +34,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
+    parser.add_argument("--card-only", action="store_true", help=f"rewrite the model card from {OUT.name}, measure nothing")
     args = parser.parse_args()
+    if args.card_only:
+        write_card(json.loads(OUT.read_text()))
+        return
     n_one, n_two, n_variant = (16, 8, 8) if args.quick else (48, 16, 32)
 
     def load(task):
@@ -70,7 +75,12 @@ def main():
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     if not args.no_card:
-        train_mini.write_model_card(models.MINI_DIR, card_metrics(results))
+        write_card(results)
+
+
+def write_card(results: dict):
+    metrics = card_metrics(results)
+    train_mini.write_model_card(models.MINI_DIR, metrics, bar_rows(metrics))
 
 
 def card_metrics(results: dict) -> dict:
@@ -91,6 +101,58 @@ def card_metrics(results: dict) -> dict:
             if key != "n":
                 metrics[f"{label}: {key}"] = value
     return metrics
+
+
+# Why a bar is missed, for the card (formatted with colour_at_1 and headroom); a bar that is met shows no text.
+WHY_NOT_MET = {
+    "two objects, both right at 7.5": (
+        "Which object goes where is mostly decided by the starting noise, not by the caption: with the caption's "
+        "positions swapped and the same seed, the colours stay put in 63 % of 64 pairs and follow the words in 14 % "
+        "(`benchmarks/binding.py`). Sizes and colours bind no better: of 96 images (48 two-object prompts × 2 seeds), "
+        "64 have both positions right and 25 are right in everything. Tried, each judged on these prompts, none "
+        "above 0.28: oversampling two-object scenes; grounding losses on the position words (weights 0.05 to 1.0) "
+        "and on every object word; pyramid noise; noisy latents built from the mirrored image at t ≥ 800 (shipped, "
+        "0.19 → 0.22) and at t ≥ 600; a settle stage four times longer; a second transformer layer at 8×8. "
+        "Not tried: more cross-attention capacity at 8×8 trained from scratch, for which the 40 MB and 4-hour "
+        "budgets leave little room."),
+    "colour at 7.5 minus colour at 1.0": (
+        "mini-SD gets object colours mostly right without guidance ({colour_at_1:.2f} at 1.0), so guidance runs into "
+        "the ceiling: 7.5 can add at most {headroom:.0f} points here. The curve (notebook 3, 16 prompts × 2 seeds, "
+        "10 steps) climbs steeply from scale 1 to 3 (colour about 67 % → 92 %) and saturates near 100 % by 7.5; shape, position and "
+        "all-correct rise with it."),
+}
+
+
+def bar_rows(metrics: dict) -> list[tuple[str, float, str, bool, str]]:
+    """The course's quality bars (tests/test_mini_sd.py asserts each), with the measured value,
+    whether it is met, and why not where it is not."""
+    g75, g1 = "text2img guidance 7.5", "text2img guidance 1.0"
+    held = f"upscale (guidance {quality.UPSCALE_GUIDANCE:g}, held-out scenes)"
+    bars = [
+        ("background at 7.5", metrics[f"{g75}: background"], "≥", 0.90),
+        ("object colour at 7.5", metrics[f"{g75}: colour"], "≥", 0.90),
+        ("shape at 7.5", metrics[f"{g75}: shape"], "≥", 0.85),
+        ("position at 7.5", metrics[f"{g75}: position"], "≥", 0.70),
+        ("two objects, both right at 7.5", metrics[f"{g75}: two_objects_all_right"], "≥", 0.50),
+        ("colour at 7.5 minus colour at 1.0", metrics[f"{g75}: colour"] - metrics[f"{g1}: colour"], "≥", 0.20),
+        ("VAE PSNR on held-out renders (dB)", metrics["VAE PSNR on held-out renders (dB)"], "≥", 28.0),
+        ("inpaint: PSNR outside the mask (dB)", metrics["inpaint: psnr_outside_mask"], "≥", 30.0),
+        ("inpaint: prompt's object judged right", metrics["inpaint: prompt_right"], "≥", 0.80),
+        ("depth2img: silhouette IoU", metrics["depth2img: silhouette_iou"], "≥", 0.60),
+        ("upscale: PSNR minus bicubic's (dB, held-out scenes)",
+         metrics[f"{held}: psnr"] - metrics[f"{held}: psnr_bicubic"], ">", 0.0),
+        ("upscale: judged right (held-out scenes)", metrics[f"{held}: judged_right"], "≥", 0.90),
+        ("seconds per image (25 steps, CFG, CPU)", metrics["seconds per 64×64 image (25 steps, CFG, CPU)"], "≤", 1.0),
+    ]
+    compare = {"≥": float.__ge__, ">": float.__gt__, "≤": float.__le__}
+    colour_at_1 = metrics[f"{g1}: colour"]
+    named = dict(colour_at_1=colour_at_1, headroom=100 * (1 - colour_at_1))
+    rows = []
+    for what, value, op, bar in bars:
+        met = compare[op](float(value), bar)
+        rows.append((what, float(value), f"{op} {bar:g}", met,
+                     "" if met else WHY_NOT_MET.get(what, "Not explained yet.").format(**named)))
+    return rows
 
 
 if __name__ == "__main__":

@@ -735,8 +735,14 @@ def count_parameters(folder: Path) -> int:
     return sum(t.numel() for f in folder.glob("*.safetensors") for t in load_file(f).values())
 
 
-def write_model_card(assets_dir: Path, metrics: dict | None = None):
-    """README.md beside the weights: data, architecture, parameters, steps, time, metrics."""
+def write_model_card(assets_dir: Path, metrics: dict | None = None, bars: list | None = None):
+    """Write `model_card` to README.md beside the weights."""
+    (Path(assets_dir) / "README.md").write_text(model_card(assets_dir, metrics, bars))
+
+
+def model_card(assets_dir: Path, metrics: dict | None = None, bars: list | None = None) -> str:
+    """The family's model card: data, architecture, parameters, steps, time, metrics, and the bars
+    (what, measured, needed, met, why not) they are held to."""
     assets_dir = Path(assets_dir)
     training = json.loads((assets_dir / "training.json").read_text())
     config, stages = training["config"], training["stages"]
@@ -824,7 +830,13 @@ def write_model_card(assets_dir: Path, metrics: dict | None = None):
                   "produced by `benchmarks/mini_quality.py`.", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         lines.append("")
-    (assets_dir / "README.md").write_text("\n".join(lines))
+    if bars:
+        lines += ["## Quality bars", "", "What `tests/test_mini_sd.py` asserts; a test whose bar is not met is "
+                  "marked xfail with its measured number.", "", "| bar | measured | needed | met |", "|---|---|---|---|"]
+        lines += [f"| {what} | {value:.3f} | {needed} | {'yes' if met else '**no**'} |" for what, value, needed, met, _ in bars]
+        lines.append("")
+        lines += [f"**{what}, not met.** {why}\n" for what, _, _, met, why in bars if not met]
+    return "\n".join(lines)
 
 
 def train(config: MiniTrainConfig, stages=STAGES, assets_dir: Path | None = None, max_steps=None) -> dict:

@@ -1,6 +1,8 @@
-"""The benchmark scripts' code paths that CI cannot run for real (no GPU), on tiny pipelines."""
+"""The benchmark scripts: code paths CI cannot run for real (no GPU) on tiny pipelines, and the model card
+that benchmarks/mini_quality.py writes from its results."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,47 @@ def test_generation_inputs_have_the_asked_size(generation):
     assert inputs["image"].size == inputs["mask_image"].size == (128, 128)
     assert generation.task_inputs("depth2img", 96)["depth_map"].shape == (1, 96, 96)
     assert generation.task_inputs("upscale", 512)["image"].size == (128, 128)
+
+
+@pytest.fixture
+def mini_quality(monkeypatch):
+    """benchmarks/mini_quality.py, imported as when it runs as a script."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("mini_quality", BENCHMARKS / "mini_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_model_card_is_the_one_the_committed_results_make(mini_quality):
+    from sdcourse import models, train_mini
+
+    metrics = mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text()))
+    card = train_mini.model_card(models.MINI_DIR, metrics, mini_quality.bar_rows(metrics))
+    assert card == (models.MINI_DIR / "README.md").read_text(), "run: python benchmarks/mini_quality.py --card-only"
+
+
+def test_every_bar_the_shipped_model_misses_is_explained_on_its_card(mini_quality):
+    from sdcourse import models
+
+    bars = mini_quality.bar_rows(mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text())))
+    card = (models.MINI_DIR / "README.md").read_text()
+    for what, _, _, met, why in bars:
+        if not met:
+            assert why != "Not explained yet." and f"**{what}, not met.** {why}" in card
+
+
+def test_bar_rows_mark_each_bar_met_or_not_and_explain_only_the_misses(mini_quality):
+    metrics = mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text()))
+    g75, g1 = "text2img guidance 7.5", "text2img guidance 1.0"
+    metrics.update({f"{g75}: two_objects_all_right": 0.5, f"{g75}: colour": 0.95, f"{g1}: colour": 0.70,
+                    "depth2img: silhouette_iou": 0.59, "seconds per 64×64 image (25 steps, CFG, CPU)": 1.2})
+    rows = {what: (value, needed, met, why) for what, value, needed, met, why in mini_quality.bar_rows(metrics)}
+    assert rows["two objects, both right at 7.5"] == (0.5, "≥ 0.5", True, "")  # a bar met exactly is met
+    value, needed, met, why = rows["colour at 7.5 minus colour at 1.0"]
+    assert value == pytest.approx(0.25) and needed == "≥ 0.2" and met and why == ""
+    assert rows["depth2img: silhouette IoU"][2:] == (False, "Not explained yet.")
+    assert rows["seconds per image (25 steps, CFG, CPU)"][1:] == ("≤ 1", False, "Not explained yet.")
+    metrics[f"{g1}: colour"] = 0.85
+    why = next(why for what, _, _, met, why in mini_quality.bar_rows(metrics) if what.startswith("colour at 7.5"))
+    assert "(0.85 at 1.0)" in why and "at most 15 points" in why
