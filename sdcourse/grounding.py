@@ -15,7 +15,9 @@ denoising loss with a small weight. mini-SD's layout stage grounds only the posi
 only at the noisiest timesteps: a colour word comes before "on the left" and cannot know where
 its object goes, and where the noisy latents still show the objects, attention finds them
 without reading the caption (grounding every word at every timestep moved the attention, not
-the arrangement).
+the arrangement). On its own, with mirrored noisy latents, it lifted "the colours follow swapped
+words" from 6 % to 14 %; with many more two-object examples at high noise
+(`train_mini.more_high_noise`) to 78 %.
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert (layout["p_mirror"], layout["mirror_min_timestep"], layout["grounding_weight"]) == (0.5, 0, 0.05)
     assert 0 < layout["final_grounding_loss"] < 1
     assert all(log["p_mirror"] == 0 and log["grounding_weight"] == 0 for log in (base, refine, settle, inpaint))
+    # ... and draws more two-object scenes, more of them at high noise.
+    assert (layout["p_two_objects"], layout["p_two_high_noise"], layout["high_noise_min_timestep"]) == (0.5, 0.5, 600)
+    assert all(log["p_two_objects"] == 0 and log["p_two_high_noise"] == 0 for log in (base, refine, settle, inpaint))
     # After refine the text encoder is frozen but for the embeddings of the five position words, which
     # the layout stage learns: captions without them encode exactly as with refine's text encoder.
     assert not any((run / stage / "final" / "text_encoder").exists() for stage in ("settle", "inpaint"))
@@ -90,7 +93,9 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     card = (root / "assets" / "README.md").read_text()
     assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
     assert "| layout | `unet/` UNet2DConditionModel" in card
-    assert "pyramid noise 0.8; 50% mirrored at t ≥ 0; position grounding 0.05 | 70% / 90% |" in card
+    assert ("pyramid noise 0.8; 50% mirrored at t ≥ 0; position grounding 0.05; 50% of each batch redrawn as two-object "
+            "scenes, 50% of those at t ≥ 600 | 70% / 90% |") in card
+    assert card.count("redrawn as two-object") == 1  # the layout row only
     assert "| settle | `unet/` UNet2DConditionModel" in card
     upscale = json.loads((run / "upscale" / "final" / "log.json").read_text())
     assert (upscale["upscale_p_low_noise"], upscale["upscale_low_noise_max"]) == (0.5, 50)
@@ -239,6 +244,20 @@ def test_mirrored_examples_are_the_noisy_placed_ones_and_still_aim_at_the_unmirr
     alphas_cumprod = scheduler.alphas_cumprod[timesteps][:, None, None, None]
     torch.testing.assert_close((noisy - (1 - alphas_cumprod).sqrt() * target) / alphas_cumprod.sqrt(), clean)
     assert torch.equal(target[2:], noise[2:]) and not torch.allclose(target[:2], noise[:2])
+
+
+def test_the_layout_stage_draws_more_two_object_scenes_and_more_of_them_at_high_noise():
+    rng = np.random.default_rng(0)
+    scenes = world.sample_scenes(2000, seed=0)
+    two = np.array([i for i, scene in enumerate(scenes) if len(scene.objects) == 2])
+    assert 0.25 < len(two) / len(scenes) < 0.35  # the data's share
+    index = train_mini.more_two_object_scenes(rng.integers(0, len(scenes), 20000), two, 0.5, rng)
+    is_two = np.isin(index, two)
+    assert 0.62 < is_two.mean() < 0.68  # half redrawn as two-object scenes, plus the others' 30 %
+    timesteps = train_mini.more_high_noise(rng.integers(0, 1000, 20000), is_two, 0.5, 600, rng)
+    assert 0.68 < np.mean(timesteps[is_two] >= 600) < 0.72  # half redrawn there, plus the others' 40 %
+    assert 0.38 < np.mean(timesteps[~is_two] >= 600) < 0.42  # one-object examples keep uniform timesteps
+    assert timesteps.min() == 0 and timesteps.max() == 999
 
 
 def test_upscaler_noise_levels_cover_the_whole_range_and_favour_the_pipelines_low_levels():
