@@ -10,14 +10,18 @@ import pytest
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
-@pytest.fixture
-def generation(monkeypatch):
-    """benchmarks/generation.py, imported as when it runs as a script (its results_file beside it)."""
+def import_benchmark(name: str, monkeypatch):
+    """benchmarks/<name>.py, imported as when it runs as a script (its results_file beside it)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("generation", BENCHMARKS / "generation.py")
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def generation(monkeypatch):
+    return import_benchmark("generation", monkeypatch)
 
 
 @pytest.mark.parametrize("task", ["text2img", "inpaint", "depth2img", "upscale"])
@@ -51,12 +55,7 @@ def test_generation_inputs_have_the_asked_size(generation):
 
 @pytest.fixture
 def mini_quality(monkeypatch):
-    """benchmarks/mini_quality.py, imported as when it runs as a script."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("mini_quality", BENCHMARKS / "mini_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_benchmark("mini_quality", monkeypatch)
 
 
 def test_the_shipped_model_card_is_the_one_the_committed_results_make(mini_quality):
