@@ -58,26 +58,31 @@ def mini_quality(monkeypatch):
     return import_benchmark("mini_quality", monkeypatch)
 
 
-def test_the_shipped_model_card_is_the_one_the_committed_results_make(mini_quality):
+@pytest.fixture
+def committed_metrics(mini_quality):
+    """The model card's metrics, from the committed benchmarks/results/mini_quality.json."""
+    return mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text()))
+
+
+def test_the_shipped_model_card_is_the_one_the_committed_results_make(mini_quality, committed_metrics):
     from sdcourse import models, train_mini
 
-    metrics = mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text()))
-    card = train_mini.model_card(models.MINI_DIR, metrics, mini_quality.bar_rows(metrics))
+    card = train_mini.model_card(models.MINI_DIR, committed_metrics, mini_quality.bar_rows(committed_metrics))
     assert card == (models.MINI_DIR / "README.md").read_text(), "run: python benchmarks/mini_quality.py --card-only"
 
 
-def test_every_bar_the_shipped_model_misses_is_explained_on_its_card(mini_quality):
+def test_every_bar_the_shipped_model_misses_is_explained_on_its_card(mini_quality, committed_metrics):
     from sdcourse import models
 
-    bars = mini_quality.bar_rows(mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text())))
+    bars = mini_quality.bar_rows(committed_metrics)
     card = (models.MINI_DIR / "README.md").read_text()
     for what, _, _, met, why in bars:
         if not met:
             assert why != "Not explained yet." and f"**{what}, not met.** {why}" in card
 
 
-def test_bar_rows_mark_each_bar_met_or_not_and_explain_only_the_misses(mini_quality):
-    metrics = mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text()))
+def test_bar_rows_mark_each_bar_met_or_not_and_explain_only_the_misses(mini_quality, committed_metrics):
+    metrics = dict(committed_metrics)
     g75, g1 = "text2img guidance 7.5", "text2img guidance 1.0"
     metrics.update({f"{g75}: two_objects_all_right": 0.5, f"{g75}: colour": 0.95, f"{g1}: colour": 0.70,
                     "depth2img: silhouette_iou": 0.59, "seconds per 64×64 image (25 steps, CFG, CPU)": 1.2})
