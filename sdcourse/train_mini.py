@@ -110,8 +110,11 @@ class MiniTrainConfig:
     base_steps: int = 6000
     refine_steps: int = 3000  # the base continued with fuller captions and more weight on high noise
     layout_steps: int = 3000  # the refined model continued with positions said and pyramid noise
-    # The layout UNet continued on white noise (two objects right: 0.25 / 0.41 / 0.34 after 1000 / 2000 / 3000 steps).
-    settle_steps: int = 2000
+    # The layout UNet continued on white noise, with this share of each batch redrawn as two-object scenes. Both
+    # objects right in 288 two-object images (48 captions × 6 seeds), after 2000 steps: 0.43 / 0.51 / 0.53 / 0.58 with
+    # 0 / 50 / 80 / 100 % (at 100 % one-object captions got two objects: count 0.92); 80 % and 3000 steps: 0.59.
+    settle_steps: int = 3000
+    settle_p_two_objects: float = 0.8
     # The upscaler's edges must land well within a pixel to beat bicubic's PSNR (its centroids: < 0.1 px).
     # With upscale_noise_levels, at 2500 steps they were 0.8 px off (held-out 27.4 dB, bicubic 28.2),
     # at 5000 0.55 px (29.5 dB).
@@ -140,8 +143,8 @@ class MiniTrainConfig:
     layout_p_two_objects: float = 0.5
     # ... and trains this share of its two-object examples at t ≥ layout_high_noise_min_timestep, where sampling
     # decides which object goes where: with the mirrored examples, the words must then decide it (see
-    # more_high_noise; measured on 96 two-object images: both positions right in 90, all right in 46;
-    # without it 64 and 25).
+    # more_high_noise; measured on 96 two-object images, with a plain settle stage after it: both positions
+    # right in 90, all right in 46; without it 64 and 25).
     layout_p_two_high_noise: float = 0.5
     layout_high_noise_min_timestep: int = 600
     checkpoint_every: int = 250
@@ -550,7 +553,8 @@ def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
     # low-frequency colour (measured: inpaint outside the mask 48 -> 41 dB, upscale 25.8 -> 23.0 dB), and
     # the layout UNet, settled on white noise, kept its positions (0.88 -> 0.87) and drew shapes better (0.83 -> 0.85).
     if stage == "settle":
-        return {**later, "steps": config.settle_steps, "lr": config.lr / 4, "p_position": config.layout_p_mention_position}
+        return {**later, "steps": config.settle_steps, "lr": config.lr / 4, "p_position": config.layout_p_mention_position,
+                "p_two_objects": config.settle_p_two_objects}
     return {**later, "steps": config.variant_steps[stage], "lr": config.lr / 4}
 
 
@@ -806,8 +810,9 @@ def model_card(assets_dir: Path, metrics: dict | None = None, bars: list | None 
             if log.get("grounding_weight"):
                 weighting += f"; position grounding {log['grounding_weight']:g}"
             if log.get("p_two_objects"):
-                weighting += (f"; {log['p_two_objects']:.0%} of each batch redrawn as two-object scenes, "
-                              f"{log['p_two_high_noise']:.0%} of those at t ≥ {log['high_noise_min_timestep']}")
+                weighting += f"; {log['p_two_objects']:.0%} of each batch redrawn as two-object scenes"
+            if log.get("p_two_high_noise"):
+                weighting += f", {log['p_two_high_noise']:.0%} of those at t ≥ {log['high_noise_min_timestep']}"
             if log.get("upscale_p_low_noise"):
                 weighting += f"; low-res noise ≤ {log['upscale_low_noise_max']} in {log['upscale_p_low_noise']:.0%}"
         said = ""
@@ -853,7 +858,8 @@ def model_card(assets_dir: Path, metrics: dict | None = None, bars: list | None 
         f"{config.get('layout_p_two_high_noise', 0):.0%} of its two-object",
         f"examples at t ≥ {config.get('layout_high_noise_min_timestep')} (`more_two_object_scenes`, `more_high_noise`): the few examples "
         "where only the words say which object goes",
-        "where were too rare to teach it. A settle stage continues that UNet on white noise, the noise sampling starts from.",
+        "where were too rare to teach it. A settle stage continues that UNet on white noise, the noise sampling starts from,",
+        f"and redraws {config.get('settle_p_two_objects', 0):.0%} of each batch as two-object scenes.",
         f"All stages: {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise {config.get('offset_noise', 0)} (on a 16×16",

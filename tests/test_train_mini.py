@@ -71,9 +71,10 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert (layout["p_mirror"], layout["mirror_min_timestep"], layout["grounding_weight"]) == (0.5, 0, 0.05)
     assert 0 < layout["final_grounding_loss"] < 1
     assert all(log["p_mirror"] == 0 and log["grounding_weight"] == 0 for log in (base, refine, settle, inpaint))
-    # ... and draws more two-object scenes, more of them at high noise.
+    # ... and draws more two-object scenes, more of them at high noise; settle draws more of them at every noise level.
     assert (layout["p_two_objects"], layout["p_two_high_noise"], layout["high_noise_min_timestep"]) == (0.5, 0.5, 600)
-    assert all(log["p_two_objects"] == 0 and log["p_two_high_noise"] == 0 for log in (base, refine, settle, inpaint))
+    assert (settle["p_two_objects"], settle["p_two_high_noise"]) == (0.8, 0)
+    assert all(log["p_two_objects"] == 0 and log["p_two_high_noise"] == 0 for log in (base, refine, inpaint))
     # After refine the text encoder is frozen but for the embeddings of the five position words, which
     # the layout stage learns: captions without them encode exactly as with refine's text encoder.
     assert not any((run / stage / "final" / "text_encoder").exists() for stage in ("settle", "inpaint"))
@@ -95,8 +96,9 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert "| layout | `unet/` UNet2DConditionModel" in card
     assert ("pyramid noise 0.8; 50% mirrored at t ≥ 0; position grounding 0.05; 50% of each batch redrawn as two-object "
             "scenes, 50% of those at t ≥ 600 | 70% / 90% |") in card
-    assert card.count("redrawn as two-object") == 1  # the layout row only
     assert "| settle | `unet/` UNet2DConditionModel" in card
+    assert "x0 weight ≥ 0.2; 80% of each batch redrawn as two-object scenes | 70% / 90% |" in card
+    assert card.count("redrawn as two-object") == 2  # the layout and settle rows
     upscale = json.loads((run / "upscale" / "final" / "log.json").read_text())
     assert (upscale["upscale_p_low_noise"], upscale["upscale_low_noise_max"]) == (0.5, 50)
     assert "x0 weight ≥ 0.2; low-res noise ≤ 50 in 50% | 70% / 80% |" in card  # the upscale row only
