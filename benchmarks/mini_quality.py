@@ -109,7 +109,7 @@ WHY_NOT_MET = {
         "mini-SD gets object colours mostly right without guidance ({colour_at_1:.2f} at 1.0), so guidance runs into "
         "the ceiling: 7.5 can add at most {headroom:.0f} points here. Guidance still makes the difference elsewhere: "
         "from 1.0 to 7.5, shape goes {shape_at_1:.2f} → {shape_at_7_5:.2f} and two objects both right {two_at_1:.2f} → "
-        "{two_at_7_5:.2f} (this table). The curve "
+        "{two_at_7_5:.2f} (the measured-quality table above). The curve "
         "(notebook 3, 16 prompts × 2 seeds, 10 steps): colour 94 % at scale 1, 100 % from 3 on; shape and all-correct "
         "rise to scale 3 (75 → 90 %, 47 → 81 %) and fall back by 12 (81 %, 62 %, with extra objects); position is right "
         "at every scale."),

@@ -17,7 +17,7 @@ its object goes, and where the noisy latents still show the objects, attention f
 without reading the caption (grounding every word at every timestep moved the attention, not
 the arrangement). On its own, with mirrored noisy latents, it lifted "the colours follow swapped
 words" from 6 % to 14 %; with many more two-object examples at high noise
-(`train_mini.more_high_noise`) to 77 %, and with a settle stage on mostly two-object scenes to 88 %.
+(`train_mini.more_high_noise`) to 77 % (a settle stage on mostly two-object scenes then took it to 88 %).
 """
 
 from __future__ import annotations
