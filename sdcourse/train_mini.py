@@ -535,12 +535,11 @@ def stage_settings(config: MiniTrainConfig, stage: str) -> dict:
     from which timestep how many noisy latents are mirrored (`mirrored_signal`), how much the position
     words' attention is grounded (`sdcourse.grounding`), and how many two-object scenes are drawn, how
     many of them at high noise (`more_two_object_scenes`, `more_high_noise`)."""
-    if stage == "base":
-        return dict(steps=config.base_steps, lr=config.lr, p_size=config.base_p_mention_size,
-                    p_position=config.base_p_mention_position, snr_floor=config.base_snr_floor, pyramid_discount=0.0,
-                    p_mirror=0.0, grounding_weight=0.0, p_two_objects=0.0, p_two_high_noise=0.0)
     later = dict(p_size=config.p_mention_size, p_position=config.p_mention_position, snr_floor=config.snr_floor,
                  pyramid_discount=0.0, p_mirror=0.0, grounding_weight=0.0, p_two_objects=0.0, p_two_high_noise=0.0)
+    if stage == "base":
+        return {**later, "steps": config.base_steps, "lr": config.lr, "p_size": config.base_p_mention_size,
+                "p_position": config.base_p_mention_position, "snr_floor": config.base_snr_floor}
     if stage == "refine":
         return {**later, "steps": config.refine_steps, "lr": config.lr}
     if stage == "layout":
