@@ -32,6 +32,8 @@ def cmd_models(args):
     print(f"mini       shipped mini-SD ({'present' if models.mini_available() else 'not trained yet'})")
     for name, model in models.REAL_MODELS.items():
         print(f"{name:<12} {model.about}; tasks: {', '.join(model.tasks)}; tries {', '.join(model.repo_ids)}")
+    for name, about in models.RANDOM_MODELS.items():
+        print(f"{name:<12} {about}")
 
 
 def cmd_train_mini(args):

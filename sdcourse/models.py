@@ -120,6 +120,13 @@ DEFAULT_REAL_MODEL = {
 }
 
 
+# Random-weight families that load offline in a second, for proving that notebook cells hold for
+# more than one model (sdcourse.testing builds them; they draw noise, not pictures).
+RANDOM_MODELS = {
+    "tiny-random-sd2": "random weights shaped like SD 2 (×8 VAE, 128 px, \"!\" padding), every task, offline",
+}
+
+
 class ModelNotAvailableError(RuntimeError):
     """Raised when a model cannot be loaded; the message says what was tried and what to do."""
 
@@ -185,7 +192,7 @@ def resolve_repo(name: str, task: str) -> str:
     elif "/" in name:
         candidates = (name,)
     else:
-        known = ", ".join(["auto", "mini", *REAL_MODELS])
+        known = ", ".join(["auto", "mini", *REAL_MODELS, *RANDOM_MODELS])
         raise ValueError(f"Unknown model name={name!r}. Use one of: {known}, or a hub id like 'owner/repo'.")
 
     tried = []
@@ -303,6 +310,12 @@ def load_pipeline(
     dtype = pick_dtype(device, dtype)
     if name == "mini":
         pipe = load_mini(task, dtype)
+    elif name == "tiny-random-sd2":
+        from .testing import tiny_sd2_pipeline  # testing imports this module: import it late
+
+        pipe = tiny_sd2_pipeline(task)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     elif Path(name).expanduser().is_dir():  # a saved pipeline, e.g. a DreamBooth output folder
         pipe = load_folder(Path(name).expanduser(), task, dtype)
     else:

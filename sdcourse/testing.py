@@ -1,9 +1,11 @@
 """Stable Diffusion pipelines with random weights, for tests.
 
-Two families, both built from configs with the same classes as real SD, offline:
+Three families, all built from configs with the same classes as real SD, offline:
 
 - `tiny_pipeline(task)`: ~2.6 M parameters (1.6 M of them the 49 408-token embedding
   table), makes a 64×64 image in 10 steps with CFG in about 0.1 s. For unit tests of helpers that need *a* working pipeline.
+- `tiny_sd2_pipeline(task)`, also `load_pipeline("tiny-random-sd2")`: as small, but shaped like
+  SD 2 (×8 VAE, 128 px, "!" padding), so that the notebooks can run on a second model.
 - `real_pipeline(layout, task)`: the SD 1.5 / SD 2.1 / x4-upscaler architectures at
   full size (up to 1.3 B parameters) with random weights. For slow tests that prove hooks
   and shapes work on the real layouts.
@@ -117,6 +119,39 @@ TINY_UPSCALER_UNET_CONFIG = {
     "num_class_embeds": 1000,
     "norm_num_groups": 32,
 }
+
+
+# tiny-random-sd2: a second random family, shaped like SD 2 where the tiny one is shaped like
+# mini-SD, so that a notebook cell which prints the same under both prints something true for
+# every model: a ×8 VAE (four blocks), 128 px images on a 16×16 latent grid, a 48-d text
+# encoder, SD 2's per-block head counts and linear projections, and "!" padding.
+TINY_SD2_TEXT_ENCODER_CONFIG = {**TINY_TEXT_ENCODER_CONFIG, "hidden_size": 48, "intermediate_size": 96,
+                                "projection_dim": 48, "num_attention_heads": 4, "hidden_act": "gelu"}
+
+TINY_SD2_VAE_CONFIG = {
+    **TINY_VAE_CONFIG,
+    "block_out_channels": (16, 16, 32, 32),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "norm_num_groups": 8,
+    "sample_size": 128,
+}
+
+TINY_SD2_UNET_CONFIG = {
+    **TINY_UNET_CONFIG,
+    "block_out_channels": (32, 64),
+    "cross_attention_dim": 48,
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "norm_num_groups": 16,
+}
+
+# The x4 upscaler in the same style: ×4 VAE, a 32 px input upscaled to 128 px.
+TINY_SD2_UPSCALER_VAE_CONFIG = {**TINY_SD2_VAE_CONFIG, "block_out_channels": (16, 16, 32),
+                                "down_block_types": ("DownEncoderBlock2D",) * 3,
+                                "up_block_types": ("UpDecoderBlock2D",) * 3, "scaling_factor": 0.08333}
+TINY_SD2_UPSCALER_UNET_CONFIG = {**TINY_UPSCALER_UNET_CONFIG, "sample_size": 32, "cross_attention_dim": 48,
+                                 "norm_num_groups": 16}
 
 
 # --- Real configs (public facts) ------------------------------------------------------------
@@ -371,6 +406,30 @@ def tiny_pipeline(task: str = "text2img", seed: int = 0, scheduler: str = "ddim"
     """
     components = tiny_components(task, seed, scheduler)
     return PIPELINE_CLASSES[task](**components)
+
+
+def tiny_sd2_components(task: str = "text2img", seed: int = 0) -> dict:
+    """The components of `tiny-random-sd2` for `task`: random weights in SD 2's proportions (see above)."""
+    _check_task(task)
+    tokenizer = load_tokenizer()
+    tokenizer.pad_token = "!"  # SD 2.x's special_tokens_map.json
+    if task == "upscale":
+        unet = build_unet(TINY_SD2_UPSCALER_UNET_CONFIG, seed)
+        vae = build_vae(TINY_SD2_UPSCALER_VAE_CONFIG, seed)
+        scheduler = make_scheduler("ddim", X4_UPSCALER_SCHEDULER_CONFIG)
+        low_res_scheduler = DDPMScheduler.from_config(X4_UPSCALER_LOW_RES_SCHEDULER_CONFIG)
+    else:
+        unet = build_unet({**TINY_SD2_UNET_CONFIG, "in_channels": UNET_IN_CHANNELS[task]}, seed)
+        vae = build_vae(TINY_SD2_VAE_CONFIG, seed)
+        scheduler = make_scheduler("ddim")
+        low_res_scheduler = None
+    text_encoder = build_text_encoder(TINY_SD2_TEXT_ENCODER_CONFIG, seed)
+    return _assemble(task, vae, text_encoder, tokenizer, unet, scheduler, low_res_scheduler)
+
+
+def tiny_sd2_pipeline(task: str = "text2img", seed: int = 0) -> DiffusionPipeline:
+    """`load_pipeline("tiny-random-sd2", task)`: a 128 px random-weight pipeline shaped like SD 2."""
+    return PIPELINE_CLASSES[task](**tiny_sd2_components(task, seed))
 
 
 def real_unet(layout: str = "sd15", task: str = "text2img", seed: int = 0) -> UNet2DConditionModel:

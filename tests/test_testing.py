@@ -246,3 +246,30 @@ def test_real_pipeline_runs(layout, task, free_memory):
     images = generate(pipe, task, steps=1)
     assert images.shape == (1, 64, 64, 3)
     del pipe
+
+
+# --- tiny-random-sd2: the second model the notebooks run on -----------------------------------------
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tiny_random_sd2_loads_offline_for_every_task_in_sd2_proportions(task):
+    from sdcourse import load_pipeline
+
+    pipe = load_pipeline("tiny-random-sd2", task=task)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe, PIPELINE_CLASSES[task])
+    assert pipe.unet.config.in_channels == UNET_IN_CHANNELS[task]
+    assert pipe.tokenizer.pad_token == "!" and pipe.tokenizer.pad_token_id == 0  # SD 2's padding
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim == 48
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assert size == 128  # neither mini-SD's 64 px nor SD's 512: a cell that hard-codes either shows up
+    assert pipe.vae_scale_factor == (4 if task == "upscale" else 8)
+    from PIL import Image
+
+    image = Image.new("RGB", (128, 128), (40, 80, 220))
+    inputs = {"text2img": {}, "img2img": {"image": image, "strength": 0.5},
+              "inpaint": {"image": image, "mask_image": Image.new("L", (128, 128), 255)},
+              "depth2img": {"image": image, "depth_map": torch.rand(1, 128, 128)},
+              "upscale": {"image": image.resize((32, 32)), "noise_level": 20}}[task]
+    images = pipe(PROMPT, num_inference_steps=2, output_type="np", **inputs).images
+    assert images.shape == (1, 128, 128, 3) and np.isfinite(images).all()
