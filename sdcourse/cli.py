@@ -1,4 +1,4 @@
-"""The `sdcourse` command line: generate images headless, list models, (re)train mini-SD."""
+"""The `sdcourse` command line: generate images headless, list models, (re)train mini-SD, grade exercises."""
 
 import argparse
 import sys
@@ -89,6 +89,32 @@ def cmd_dreambooth(args):
         print("sdcourse: this sitting ended early; go on with --resume-from-checkpoint latest.", file=sys.stderr)
 
 
+def cmd_exercises(args):
+    import json
+
+    from .exercises import catalogue, grader
+
+    if args.action == "list":
+        for exercise in catalogue():
+            print(f"{exercise.id:<5} {exercise.local_title()}")
+        return 0
+    if args.action == "solve":
+        if args.output is None:
+            raise ValueError("solve needs -o OUT: the file to write the instructor's key to.")
+        print(grader.solve(args.notebook, args.output))
+        return 0
+    try:
+        import nbclient  # noqa: F401
+    except ImportError:
+        raise ValueError("`sdcourse exercises check` runs notebooks with nbclient: pip install 'sdcourse[notebooks]'.")
+    scorecard = grader.check(args.notebook, timeout=args.timeout)
+    if args.json:
+        print(json.dumps([item.as_json() for item in scorecard.items], ensure_ascii=False, indent=1))
+    else:
+        print(scorecard.text())
+    return 0 if scorecard.all_passed else 1
+
+
 # The DreamBoothConfig fields that `sdcourse dreambooth` takes as options (any other: --set FIELD=VALUE).
 DREAMBOOTH_OPTIONS = {
     "model": str, "instance_data_dir": str, "instance_prompt": str, "caption_extension": str, "class_prompt": str,
@@ -142,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     db.set_defaults(func=cmd_dreambooth)
 
+    ex = sub.add_parser("exercises", help="the workbook's exercises: list them, write a key, grade a notebook")
+    ex.add_argument("action", choices=["list", "solve", "check"],
+                    help="list: every exercise; solve: write NOTEBOOK with the reference solutions to -o OUT; "
+                         "check: run NOTEBOOK and score its exercises (exit 0 only when all pass)")
+    ex.add_argument("notebook", nargs="?", type=Path, help="a chapter notebook, e.g. notebooks/03_classifier_free_guidance.ipynb")
+    ex.add_argument("-o", "--output", type=Path, help="solve: where to write the instructor's key")
+    ex.add_argument("--json", action="store_true", help="check: print a JSON list of {id, status, message}")
+    ex.add_argument("--timeout", type=int, default=1800, help="check: seconds one cell may run (default 1800)")
+    ex.set_defaults(func=cmd_exercises)
+
     lst = sub.add_parser("models", help="list the model names load_pipeline knows")
     lst.set_defaults(func=cmd_models)
     return parser
@@ -149,12 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("solve", "check") and args.notebook is None:
+        print(f"sdcourse: error: `sdcourse exercises {args.action}` needs a NOTEBOOK.", file=sys.stderr)
+        return 2
     try:
-        args.func(args)
+        status = args.func(args)
     except (ValueError, models.ModelNotAvailableError) as error:
         print(f"sdcourse: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

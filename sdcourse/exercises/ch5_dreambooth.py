@@ -1,0 +1,186 @@
+"""Chapter 5 exercises: a rare one-token identifier, the prior-preservation loss, LoRA's size, the training target."""
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from sdcourse.exercises.core import Case, Exercise, Mistake
+from sdcourse.exercises.inputs import seeded_randn
+
+# --------------------------------------------------------------------------- 5.1 a rare identifier
+
+
+def _identifier_cases(pipe):
+    tokenizer = pipe.tokenizer
+    return [Case((tokenizer, words), f"candidates {words}") for words in
+            (["shape", "star", "sks", "zwx"], ["vkz", "cat", "photo"], ["xyzzyq", "olis", "bnha"])]
+
+
+def _ids(tokenizer, word):
+    return tokenizer(word, add_special_tokens=False).input_ids
+
+
+def _single(tokenizer, words):
+    return [w for w in words if len(_ids(tokenizer, w)) == 1]
+
+
+RARE_IDENTIFIER = Exercise(
+    id="5.1",
+    title="Pick a rare one-token identifier",
+    name="rare_identifier",
+    solution_code='''
+def rare_identifier(tokenizer, candidates):
+    one_token = [word for word in candidates if len(tokenizer(word, add_special_tokens=False).input_ids) == 1]
+    # BPE merges frequent pairs first, so the largest id is the rarest token
+    return max(one_token, key=lambda word: tokenizer(word, add_special_tokens=False).input_ids[0])
+''',
+    hint_text="Tokenize each candidate *without* the start and end tokens (`add_special_tokens=False`); keep the "
+              "words that are exactly one token; of those, the rarest is the one with the largest id.",
+    cases=_identifier_cases,
+    needs=("pipe",),
+    mistakes=[
+        Mistake("start_token", "Every candidate's ids begin with the start token (49406), so comparing them "
+                "compares nothing: tokenize with `add_special_tokens=False`.",
+                lambda tok, words: _single(tok, words)[0]),
+        Mistake("lowest_id", "The rarest token has the *largest* id: CLIP's BPE merged the most frequent pairs first.",
+                lambda tok, words: min(_single(tok, words), key=lambda w: _ids(tok, w)[0])),
+        Mistake("split_words", "'vkz' is two tokens ('v', 'kz</w>'): an identifier must be one token, or each piece "
+                "brings a meaning of its own.", lambda tok, words: max(words, key=lambda w: max(_ids(tok, w)))),
+    ],
+    passed_message="Right: one token, and nearly unused before training, which is why the community settled on 'sks'.",
+)
+
+# --------------------------------------------------------------------------- 5.2 the prior-preservation loss
+
+
+def _loss_cases():
+    pred, target = seeded_randn((4, 4, 8, 8), 0), seeded_randn((4, 4, 8, 8), 1) * 0.5
+    return [Case((pred, target, weight), f"a batch of 2 instance + 2 class examples, prior_loss_weight={weight}")
+            for weight in (2.0, 1.0)]
+
+
+def _halves(pred, target):
+    (pi, pp), (ti, tp) = pred.chunk(2), target.chunk(2)
+    return F.mse_loss(pi, ti), F.mse_loss(pp, tp)
+
+
+PRIOR_LOSS = Exercise(
+    id="5.2",
+    title="The DreamBooth loss with prior preservation",
+    name="dreambooth_loss",
+    solution_code='''
+import torch.nn.functional as F
+
+
+def dreambooth_loss(model_pred, target, prior_loss_weight):
+    pred_instance, pred_prior = model_pred.chunk(2)  # the batch is [instance examples, class examples]
+    target_instance, target_prior = target.chunk(2)
+    instance_loss = F.mse_loss(pred_instance, target_instance)
+    prior_loss = F.mse_loss(pred_prior, target_prior)  # keeps the class as the base model drew it
+    return instance_loss + prior_loss_weight * prior_loss
+''',
+    hint_text="Split predictions and targets with `.chunk(2)`: the first half are the subject's pictures, the "
+              "second the class images. Take the mean squared error of each half and weigh the class half by "
+              "`prior_loss_weight`.",
+    cases=_loss_cases,
+    mistakes=[
+        Mistake("weight_on_instance", "`prior_loss_weight` (λ) weighs the class images' loss, not the subject's.",
+                lambda p, t, w: _halves(p, t)[1] + w * _halves(p, t)[0]),
+        Mistake("plain_mse", "Split the batch: subject pictures first, class images second, and weigh the class half "
+                "by prior_loss_weight. One MSE over the whole batch ignores λ.", lambda p, t, w: F.mse_loss(p, t)),
+        Mistake("summed", "Use the mean squared error (F.mse_loss's default reduction), as in pre-training; a sum "
+                "grows with the image size and the batch.",
+                lambda p, t, w: F.mse_loss(*[x.chunk(2)[0] for x in (p, t)], reduction="sum")
+                + w * F.mse_loss(*[x.chunk(2)[1] for x in (p, t)], reduction="sum")),
+    ],
+    passed_message="Right: this is the loss `sdcourse.dreambooth` and diffusers' train_dreambooth.py minimise.",
+)
+
+# --------------------------------------------------------------------------- 5.3 how many parameters LoRA trains
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _lora_cases(pipe):
+    return [Case((pipe.unet, 4, TARGETS), f"rank 4 on {TARGETS}"),
+            Case((pipe.unet, 16, ["to_q", "to_v"]), "rank 16 on ['to_q', 'to_v']")]
+
+
+def _lora_count(unet, rank, targets, per_layer, every_linear=False):
+    total = 0
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and (every_linear or any(name.endswith(t) for t in targets)):
+            total += per_layer(module, rank)
+    return total
+
+
+LORA_SIZE = Exercise(
+    id="5.3",
+    title="How many parameters LoRA trains",
+    name="lora_parameter_count",
+    solution_code='''
+import torch
+
+
+def lora_parameter_count(unet, rank, target_modules):
+    count = 0
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name.endswith(target) for target in target_modules):
+            count += rank * (module.in_features + module.out_features)  # A: rank × in, B: out × rank
+    return count
+''',
+    hint_text="Walk `unet.named_modules()`; for every `torch.nn.Linear` whose name ends with one of "
+              "`target_modules`, LoRA adds A (rank × in_features) and B (out_features × rank).",
+    cases=_lora_cases,
+    needs=("pipe",),
+    mistakes=[
+        Mistake("full_matrix", "That is rank full in × out matrices. LoRA's update is B·A, with A of rank × in_features "
+                "and B of out_features × rank parameters.",
+                lambda u, r, t: _lora_count(u, r, t, lambda m, r: r * m.in_features * m.out_features)),
+        Mistake("a_only", "Count both matrices: A has rank × in_features parameters, B out_features × rank.",
+                lambda u, r, t: _lora_count(u, r, t, lambda m, r: r * m.in_features)),
+        Mistake("every_linear", "Only the layers named in `target_modules` get LoRA matrices.",
+                lambda u, r, t: _lora_count(u, r, t, lambda m, r: r * (m.in_features + m.out_features), every_linear=True)),
+    ],
+    passed_message="Right: the same count as PEFT's adapter, a small fraction of the UNet's parameters.",
+)
+
+# --------------------------------------------------------------------------- 5.4 what the UNet is trained to predict
+
+
+def _target_cases(pipe):
+    epsilon = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+    velocity = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    latents, noise = seeded_randn((2, 4, 8, 8), 0), seeded_randn((2, 4, 8, 8), 1)
+    timesteps = torch.tensor([100, 800])
+    return [Case((epsilon, latents, noise, timesteps), "prediction_type='epsilon' (SD 1.x, mini-SD)"),
+            Case((velocity, latents, noise, timesteps), "prediction_type='v_prediction' (SD 2.1 768 px, x4 upscaler)")]
+
+
+TRAINING_TARGET = Exercise(
+    id="5.4",
+    title="The training target: noise or velocity",
+    name="training_target",
+    solution_code='''
+def training_target(scheduler, latents, noise, timesteps):
+    if scheduler.config.prediction_type == "v_prediction":  # SD 2.x at 768 px, the x4 upscaler
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise  # "epsilon": the UNet predicts the noise itself
+''',
+    hint_text="Read `scheduler.config.prediction_type`: for \"epsilon\" the target is the noise; for "
+              "\"v_prediction\" it is `scheduler.get_velocity(latents, noise, timesteps)`.",
+    cases=_target_cases,
+    needs=("pipe",),
+    mistakes=[
+        Mistake("always_noise", "This scheduler says prediction_type='v_prediction': its model predicts the velocity, "
+                "`scheduler.get_velocity(latents, noise, timesteps)`, as SD 2.1 (768 px) and the x4 upscaler do.",
+                lambda sch, x, n, t: n),
+        Mistake("always_velocity", "For prediction_type 'epsilon' the target is the noise itself.",
+                lambda sch, x, n, t: sch.get_velocity(x, n, t)),
+        Mistake("clean_latents", "The UNet is not trained to predict the clean latents here: for 'epsilon' it predicts "
+                "the noise, for 'v_prediction' the velocity.", lambda sch, x, n, t: x),
+    ],
+    passed_message="Right: with this line the same training step trains SD 1.x and SD 2.x models.",
+)
+
+EXERCISES = [RARE_IDENTIFIER, PRIOR_LOSS, LORA_SIZE, TRAINING_TARGET]
