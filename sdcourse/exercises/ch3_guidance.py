@@ -1,4 +1,4 @@
-"""Chapter 3 exercises: the CFG formula, one guided UNet call (checked by a whole loop), rescale, the scale to use."""
+"""Chapter 3 exercises: the CFG formula, the scale to use, one guided UNet call (checked by a whole loop), rescale."""
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -92,7 +92,7 @@ def _whole_loop(answer, context, steps: int = 4) -> str | None:
 
 
 GUIDED_CALL = Exercise(
-    id="3.2",
+    id="3.3",
     title="One guided UNet call, then a whole loop with it",
     name="guided_noise_pred",
     solution_code='''
@@ -140,7 +140,7 @@ def _rescaled(noise_cfg, text, phi, dims=None, inverted=False, mix=True):
 
 
 RESCALE = Exercise(
-    id="3.3",
+    id="3.4",
     title="Guidance rescale",
     name="rescale_noise",
     solution_code='''
@@ -181,7 +181,7 @@ def _best_scale_cases():
 
 
 ENOUGH_GUIDANCE = Exercise(
-    id="3.4",
+    id="3.2",
     title="The scale where adherence stops improving",
     name="enough_guidance",
     solution_code='''
@@ -205,4 +205,4 @@ def enough_guidance(curve, tolerance):
     passed_message="Right: beyond that scale guidance buys no more adherence on this measure, and costs variety.",
 )
 
-EXERCISES = [FORMULA, GUIDED_CALL, RESCALE, ENOUGH_GUIDANCE]
+EXERCISES = [FORMULA, ENOUGH_GUIDANCE, GUIDED_CALL, RESCALE]

@@ -155,14 +155,11 @@ def blend(latents, init_latents, noise, mask, scheduler, t):
 # --------------------------------------------------------------------------- 4.4 the depth channel
 
 
-def _depth_cases(pipe):
-    size = check_size(pipe)
-    grid = size // pipe.vae_scale_factor
+def _depth_cases():
     scenes = [s for s in world.sample_scenes(12, seed=5) if len(s.objects) == 2][:2]
     depths = [torch.from_numpy(np.asarray(world.render(s).depth, dtype=np.float32)) for s in scenes]
-    depth = F.interpolate(torch.stack(depths)[:, None], size=(size, size), mode="nearest") * torch.tensor(
-        [1.0, 0.4])[:, None, None, None]
-    return [Case((depth, grid, grid), f"two depth maps of {size} px, a {grid}×{grid} latent grid")]
+    depth = torch.stack(depths)[:, None] * torch.tensor([1.0, 0.4])[:, None, None, None]
+    return [Case((depth, 16, 16), "two 64 px depth maps, a 16×16 latent grid")]
 
 
 def _depth(depth, h, w, first_normalise=False, zero_one=False, whole_batch=False):
@@ -195,8 +192,6 @@ def depth_channel(depth, latent_height, latent_width):
     hint_text="Resize first (`F.interpolate(..., mode=\"bicubic\", align_corners=False)`), then normalise each "
               "image by its own minimum and maximum (`torch.amin/amax` over dims [1, 2, 3]) to [−1, 1].",
     cases=_depth_cases,
-    needs=("pipe",),
-    task="depth2img",
     mistakes=[
         Mistake("zero_one", "The UNet expects depth in [−1, 1]: 2 · (d − min) / (max − min) − 1, not [0, 1].",
                 lambda d, h, w: _depth(d, h, w, zero_one=True)),

@@ -154,6 +154,7 @@ def check(path, timeout: int = 1800) -> Scorecard:
     notebook, chapter = read_chapter(path)
     notebook.cells.append(nbformat.v4.new_code_cell(REPORT_CELL))
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(Path(path).resolve().parent)}})
     start = time.perf_counter()
     client.execute()
