@@ -143,6 +143,18 @@ RANDOM_MODELS = {
 }
 
 
+# Pixels per pipeline call that stay well inside a 16 GB T4: SD 1.5 in fp16 at 512 px with guidance
+# peaks at 2.6 GiB for one image and 4.0 GiB for four (benchmarks/results/generation.json), so
+# four 512 px images per call, one at 768 px, more for smaller images.
+BATCH_PIXELS = 4 * 512 * 512
+
+
+def images_per_batch(pipe, most: int = 32) -> int:
+    """How many images of `pipe`'s own size to generate per call: `BATCH_PIXELS` worth, 1 to `most`."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return max(1, min(most, BATCH_PIXELS // (side * side)))
+
+
 class ModelNotAvailableError(RuntimeError):
     """Raised when a model cannot be loaded; the message says what was tried and what to do."""
 
