@@ -7,7 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-pip install -q -e ".[train,notebooks,cuda]"   # a torch already there stays; bitsandbytes for chapter 5's 8-bit Adam
+pip install -q -e ".[train,notebooks,photos,cuda]"   # a torch already there stays; bitsandbytes for chapter 5's 8-bit Adam
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: the rehearsal needs one')"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 exec python benchmarks/gpu_rehearsal.py "$@"

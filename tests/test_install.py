@@ -6,6 +6,7 @@ step of their own (`bash scripts/test.sh -m install`); they need the package ind
 """
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import nbformat
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -26,8 +26,9 @@ SOURCE_LINE = re.compile(r'^SDCOURSE_SOURCE = "([^"]+)"')
 
 
 def install_cell(path: Path) -> str:
-    nb = nbformat.read(path, as_version=4)
-    return next(cell.source for cell in nb.cells if cell.cell_type == "code")
+    """The first code cell's source (read as JSON: the minima environment has no nbformat)."""
+    cells = json.loads(path.read_text())["cells"]
+    return "".join(next(cell["source"] for cell in cells if cell["cell_type"] == "code"))
 
 
 def declared_requirements() -> list[Requirement]:
