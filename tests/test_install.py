@@ -148,26 +148,25 @@ def test_a_colab_like_install_from_a_wheel_keeps_torch_and_generates_offline(tmp
     [wheel] = (tmp_path / "dist").glob("sdcourse-*.whl")
     python = make_venv(tmp_path / "colab")
     pip(python, "install", f"torch=={dev_torch()}")
-    torch_before = subprocess.run([str(python), "-c", "import torch; print(torch.__version__, torch.__file__)"],
-                                  capture_output=True, text=True, check=True).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SDCOURSE_MODEL")}  # nothing of this checkout
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
+
+    def run(*command):
+        return subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    which_torch = "import torch; print(torch.__version__, torch.__file__)"
+    torch_before = run(python, "-c", which_torch).stdout
     cell = SOURCE_LINE.sub(f'SDCOURSE_SOURCE = "{wheel.as_uri()}"', install_cell(NOTEBOOKS[0]), count=1)
-    subprocess.run([str(python), "-c", cell], check=True, cwd=tmp_path)
-    torch_after = subprocess.run([str(python), "-c", "import torch; print(torch.__version__, torch.__file__)"],
-                                 capture_output=True, text=True, check=True).stdout
-    assert torch_after == torch_before  # the platform's torch was not replaced
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
-    env.pop("PYTHONPATH", None)
-    env.pop("SDCOURSE_MODEL", None)
-    sdcourse = tmp_path / "colab" / "bin" / "sdcourse"
+    installed = run(python, "-c", cell)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert run(python, "-c", which_torch).stdout == torch_before  # the platform's torch was not replaced
     out = tmp_path / "out.png"
-    done = subprocess.run([str(sdcourse), "generate", "a red circle on a blue background", "-o", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = run(tmp_path / "colab" / "bin" / "sdcourse", "generate", "a red circle on a blue background", "-o", out)
     assert done.returncode == 0, done.stderr[-3000:]
     from PIL import Image
 
     assert Image.open(out).size == (64, 64)  # mini-SD, from the wheel's own assets
-    where = subprocess.run([str(python), "-c", "import sdcourse; print(sdcourse.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    where = run(python, "-c", "import sdcourse; print(sdcourse.__file__)").stdout
     assert str(tmp_path / "colab") in where  # the installed package, not this checkout
 
 
