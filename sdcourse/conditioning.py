@@ -443,6 +443,45 @@ def upscale(
     return output.images
 
 
+# ------------------------------------------------------------------------- photographs
+
+# Photographs for the real-SD examples, shipped with scikit-image (skimage.data; each licence as its
+# documentation states it). mini-SD never sees them: it knows only the shapes world.
+PHOTOS = {
+    "chelsea": "Chelsea the cat, CC0 by the photographer (Stefan van der Walt)",
+    "coffee": "a cup of coffee, CC0 by the photographer (Rachel Michetti)",
+    "astronaut": "the astronaut Eileen Collins, NASA, public domain",
+}
+
+
+def sample_photo(name: str = "chelsea", size: int = 512) -> Image.Image:
+    """A scikit-image sample photograph (see `PHOTOS`), cropped to its centre square and resized to `size` px."""
+    if name not in PHOTOS:
+        raise ValueError(f"photo {name!r} is not one of {', '.join(PHOTOS)}.")
+    try:
+        from skimage import data
+    except ImportError:
+        raise ImportError("The photographs come with scikit-image: pip install scikit-image") from None
+    pixels = getattr(data, name)()
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(pixels[top : top + side, left : left + side])
+    return square.resize((size, size), Image.LANCZOS)
+
+
+@torch.no_grad()
+def estimate_depth(pipe, image) -> np.ndarray:
+    """The depth map a depth-to-image pipeline makes for `image` when it is given none: its own depth
+    estimator (SD 2 depth: DPT), as an (H, W) array scaled to [0, 1] (1 = near), at the estimator's size."""
+    if getattr(pipe, "depth_estimator", None) is None:
+        raise ValueError("this pipeline has no depth estimator: pass depth_map= instead (mini-SD's depth model has none).")
+    pixel_values = pipe.feature_extractor(images=prepare_image(pipe, image), return_tensors="pt").pixel_values
+    estimator = pipe.depth_estimator
+    depth = estimator(pixel_values.to(estimator.device, estimator.dtype)).predicted_depth[0].float().cpu()
+    return ((depth - depth.min()) / (depth.max() - depth.min()).clamp(min=1e-8)).numpy()
+
+
 def image_psnr(image, truth) -> float:
     """PSNR in dB of `image` against `truth` (same size; PIL images or arrays); inf if identical."""
     image, truth = np.asarray(to_pil(image)), np.asarray(to_pil(truth, "truth"))

@@ -795,20 +795,51 @@ def load_lora_output(pipe, folder) -> None:
         load_identifier_embeddings(pipe.text_encoder, pipe.tokenizer, folder)
 
 
+def bitsandbytes_problem() -> str | None:
+    """Why bitsandbytes' 8-bit AdamW cannot be used here (not installed, no working CUDA library), or None."""
+    try:
+        import bitsandbytes as bnb
+
+        bnb.optim.AdamW8bit  # noqa: B018  (the import alone succeeds on some broken installs)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def check_8bit_adam(config: DreamBoothConfig) -> None:
+    """Full fine-tuning that asks for 8-bit Adam stops here when bitsandbytes cannot be used.
+
+    Falling back to plain AdamW would need 16.6 GiB for SD 1.5 (benchmarks/results/dreambooth.json,
+    full fine-tuning without 8-bit Adam): a 16 GB T4 would run out of memory after class images
+    and models are made. A LoRA keeps only its small matrices in the optimizer, so it falls back."""
+    if not config.use_8bit_adam or config.use_lora:
+        return
+    problem = bitsandbytes_problem()
+    if problem is not None:
+        raise ValueError(
+            f"use_8bit_adam=True but bitsandbytes cannot be used here ({problem}). Full fine-tuning with "
+            "plain AdamW needs about 17 GiB for SD 1.5, more than a 16 GB T4 has. Install it "
+            "(pip install bitsandbytes, on an NVIDIA GPU), or train a LoRA (use_lora=True: 2.6 GiB), "
+            "or set use_8bit_adam=False on a GPU with 24 GB or more."
+        )
+
+
 def make_optimizer(params, config: DreamBoothConfig):
     """AdamW over `params` (tensors or parameter groups); 8-bit AdamW from bitsandbytes when asked
-    for and possible (it stores the two Adam moments in 8 bits: ~5 GB less for SD 1.5's UNet)."""
+    for (it stores the two Adam moments in 8 bits: ~5 GB less for SD 1.5's UNet). Without
+    bitsandbytes a LoRA falls back to plain AdamW with a warning; full fine-tuning is refused."""
     optimizer_class = torch.optim.AdamW
     if config.use_8bit_adam:
-        try:
+        check_8bit_adam(config)
+        problem = bitsandbytes_problem()
+        if problem is None:
             import bitsandbytes as bnb
 
             optimizer_class = bnb.optim.AdamW8bit
-        except Exception as error:  # not installed, or installed without a working CUDA library
+        else:
             warnings.warn(
-                f"use_8bit_adam=True but bitsandbytes cannot be used here ({type(error).__name__}: {error}); "
-                "falling back to torch.optim.AdamW, which needs 4× more optimizer memory. "
-                "Install it with: pip install 'sdcourse[cuda]'.",
+                f"use_8bit_adam=True but bitsandbytes cannot be used here ({problem}); the LoRA falls back "
+                "to torch.optim.AdamW (its optimizer state is small). Install it with: pip install bitsandbytes",
                 DreamBoothWarning, stacklevel=2,
             )
     return optimizer_class(
@@ -1358,6 +1389,7 @@ def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_st
     check_config(config)
     check_output_dir(config)
     check_device(config, expected_device())  # before accelerate fixes mixed precision for the process
+    check_8bit_adam(config)  # before the models, class images and training that plain AdamW would lose
     accelerator = make_accelerator(config)
     check_device(config, accelerator.device)
     resume_from = find_resume_checkpoint(config)
@@ -1607,10 +1639,13 @@ def concept_prompts(identifier: str = IDENTIFIER, colour: str | None = CONCEPT_C
 
 
 @torch.no_grad()
-def _judged(pipe, prompts, seeds, identifier, steps, guidance_scale, batch_size=16) -> list:
-    """Generate every prompt with every seed and judge each image against its prompt."""
+def _judged(pipe, prompts, seeds, identifier, steps, guidance_scale) -> list:
+    """Generate every prompt with every seed and judge each image against its prompt (16 images per
+    call on mini-SD, as many as fit a 16 GB GPU at larger sizes)."""
     from . import judge
+    from .models import images_per_batch
 
+    batch_size = images_per_batch(pipe, most=16)
     pipe.set_progress_bar_config(disable=True)
     jobs = [(p, s) for p in prompts for s in seeds]
     verdicts = []

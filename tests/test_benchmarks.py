@@ -95,3 +95,48 @@ def test_bar_rows_mark_each_bar_met_or_not_and_explain_only_the_misses(mini_qual
     metrics[f"{g1}: colour"] = 0.85
     why = next(why for what, _, _, met, why in mini_quality.bar_rows(metrics) if what.startswith("colour at 7.5"))
     assert "(0.85 at 1.0)" in why and "at most 15 points" in why
+
+
+# --------------------------------------------------------------------------- the T4 rehearsal (GPU; plumbing here)
+
+
+@pytest.fixture
+def rehearsal(monkeypatch):
+    return import_benchmark("gpu_rehearsal", monkeypatch)
+
+
+def test_rehearsal_kernel_startup_caps_memory_and_writes_peaks_after_every_cell(rehearsal, tmp_path, monkeypatch):
+    """The startup file runs in each notebook's kernel: cap at --cap-gib of the device, peaks to a file."""
+    import torch
+
+    env = rehearsal.kernel_env(tmp_path, "random-sd15", 15.0)
+    startup = tmp_path / "ipython" / "profile_default" / "startup" / "00-sdcourse-rehearsal.py"
+    assert env["IPYTHONDIR"] == str(tmp_path / "ipython") and env["SDCOURSE_MODEL"] == "random-sd15"
+    monkeypatch.setenv("SDCOURSE_REHEARSAL_STATS", env["SDCOURSE_REHEARSAL_STATS"])
+    monkeypatch.setenv("SDCOURSE_REHEARSAL_CAP_GIB", "15.0")
+    fractions, hooks = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 16 * 1024**3})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f: fractions.append(f))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3.5 * 1024**3)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 4.25 * 1024**3)
+    ipython = type("IPython", (), {"events": type("Events", (), {"register": lambda self, e, f: hooks.append((e, f))})()})()
+    exec(startup.read_text(), {"get_ipython": lambda: ipython})
+    assert fractions == [15 / 16]
+    assert [event for event, _ in hooks] == ["post_run_cell"]
+    peaks = json.loads(Path(env["SDCOURSE_REHEARSAL_STATS"]).read_text())
+    assert peaks == {"peak_allocated_gib": 3.5, "peak_reserved_gib": 4.25}
+
+
+def test_rehearsal_entries_and_results_file(rehearsal, tmp_path, monkeypatch):
+    passed = rehearsal.notebook_entry("passed", 12.34, {"peak_allocated_gib": 3.1, "peak_reserved_gib": 3.6}, "ok")
+    assert passed == {"status": "passed", "peak_allocated_gib": 3.1, "peak_reserved_gib": 3.6, "wall_seconds": 12.3}
+    failed = rehearsal.notebook_entry("failed", 1.0, {}, "\n".join(f"line {i}" for i in range(40)))
+    assert failed["peak_allocated_gib"] is None and failed["tail"][-1] == "line 39" and len(failed["tail"]) == 15
+    runs = iter([passed, failed])
+    monkeypatch.setattr(rehearsal, "run_notebook", lambda notebook, model, cap, timeout: next(runs))
+    results = rehearsal.rehearse([Path("01_a.ipynb"), Path("02_b.ipynb")], "random-sd15", 15.0, 60)
+    assert list(results["notebooks"]) == ["01_a.ipynb", "02_b.ipynb"]  # one entry per notebook, by file name
+    assert (results["passed"], results["failed"], results["model"]) == (1, 1, "random-sd15")
+    assert rehearsal.main(["-o", str(tmp_path / "r.json")]) == 2  # no CUDA here: refuses, writes nothing
+    assert not (tmp_path / "r.json").exists()

@@ -367,3 +367,29 @@ def test_low_strength_keeps_the_scene_and_high_strength_forgets_it(mini_img2img)
     assert np.mean(kept) >= 0.8, f"strength 0.3 kept the judge's verdict in only {np.mean(kept):.0%} of scenes"
     mean_distance = [np.mean(distances[strength]) for strength in strengths]
     assert mean_distance[0] < mean_distance[1] < mean_distance[2], mean_distance
+
+
+# --------------------------------------------------------------------------- photographs (real SD)
+
+
+@pytest.mark.parametrize("name", list(conditioning.PHOTOS))
+def test_sample_photos_are_square_at_the_asked_size(name):
+    photo = conditioning.sample_photo(name, 96)
+    assert photo.size == (96, 96) and photo.mode == "RGB"
+    assert np.asarray(photo).std() > 20  # a photograph, not a blank
+
+
+def test_an_unknown_photo_is_refused_with_the_names():
+    with pytest.raises(ValueError, match="chelsea"):
+        conditioning.sample_photo("lena")
+
+
+def test_estimate_depth_runs_the_pipelines_own_depth_estimator():
+    """Without depth_map= the depth model estimates depth from the photo (SD 2 depth: DPT)."""
+    from sdcourse import load_pipeline
+
+    pipe = load_pipeline("tiny-random-sd2", task="depth2img", device="cpu")
+    depth = conditioning.estimate_depth(pipe, conditioning.sample_photo("chelsea", 128))
+    assert depth.ndim == 2 and depth.min() == 0 and depth.max() == pytest.approx(1)
+    with pytest.raises(ValueError, match="no depth estimator"):
+        conditioning.estimate_depth(quiet("depth2img"), conditioning.sample_photo("chelsea", 64))

@@ -191,12 +191,29 @@ def test_identifier_split_into_pieces_gets_a_warning_suggesting_sks(data):
     assert dreambooth.check_identifier(tokenizer, DreamBoothConfig()) == []  # "sks" is one token
 
 
-def test_8bit_adam_without_bitsandbytes_falls_back_to_adamw_with_a_warning(monkeypatch):
+def test_8bit_adam_without_bitsandbytes_a_lora_falls_back_to_adamw_with_a_warning(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
     params = [torch.nn.Parameter(torch.zeros(2))]
-    with pytest.warns(DreamBoothWarning, match="falling back to torch.optim.AdamW.*sdcourse\\[cuda\\]"):
-        optimizer = dreambooth.make_optimizer(params, DreamBoothConfig(use_8bit_adam=True, learning_rate=1e-4))
+    config = DreamBoothConfig(use_8bit_adam=True, use_lora=True, learning_rate=1e-4)
+    with pytest.warns(DreamBoothWarning, match="LoRA falls back to torch.optim.AdamW.*pip install bitsandbytes"):
+        optimizer = dreambooth.make_optimizer(params, config)
     assert type(optimizer) is torch.optim.AdamW
+
+
+def test_8bit_adam_without_bitsandbytes_full_fine_tuning_is_refused_before_anything_is_loaded(data, tmp_path, monkeypatch):
+    """Plain AdamW needed 16.6 GiB for SD 1.5 (benchmarks/results/dreambooth.json): more than a T4 has."""
+    measured = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "dreambooth.json").read_text())["gpu"]["runs"]
+    plain = next(run for run in measured if run["name"] == "full-adamw-no-checkpointing")
+    assert plain["train_loop_peak_allocated_gib"] > 15  # the reason for refusing on a 16 GB card
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    monkeypatch.setattr(dreambooth, "expected_device", lambda: torch.device("cuda"))  # as on a T4
+    monkeypatch.setattr(dreambooth, "load_base_pipeline", lambda model: pytest.fail("loaded the model first"))
+    config = make_config(data, tmp_path, use_8bit_adam=True, use_lora=False, mixed_precision="no")
+    with pytest.raises(ValueError, match=r"bitsandbytes cannot be used.*pip install bitsandbytes.*use_lora=True"):
+        train_dreambooth(config, progress=False)
+    with pytest.raises(ValueError, match="pip install bitsandbytes"):
+        dreambooth.make_optimizer([torch.nn.Parameter(torch.zeros(2))], config)
+    assert not (tmp_path / "out").exists()
 
 
 def test_push_to_hub_offline_fails_before_training(data, tmp_path, monkeypatch):

@@ -137,7 +137,7 @@ def test_auto_says_which_model_and_why(monkeypatch, capsys):
     monkeypatch.setenv("SDCOURSE_MODEL", "sd21-base")
     assert models.choose_auto("text2img")[0] == "sd21-base"
 
-    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline(task))
+    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype, *_: tiny_pipeline(task))
     monkeypatch.setattr(models, "check_repo", lambda repo: "ok")
     models.load_pipeline("auto", device="cpu")
     err = capsys.readouterr().err
@@ -152,7 +152,7 @@ def test_mini_without_weights_says_how_to_get_them(monkeypatch, tmp_path):
 
 def test_memory_switches_reach_the_pipeline(monkeypatch):
     monkeypatch.setattr(models, "resolve_repo", lambda name, task: "someone/model")
-    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline(task))
+    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype, *_: tiny_pipeline(task))
     plain = models.load_pipeline("someone/model", device="cpu")
     assert not plain.vae.use_slicing and not plain.vae.use_tiling
     pipe = models.load_pipeline(
@@ -167,7 +167,7 @@ def test_memory_switches_reach_the_pipeline(monkeypatch):
 def test_in_fp16_only_the_upscalers_vae_stays_fp32(monkeypatch, task):
     """The upscale pipeline would upcast an fp16 VAE itself at every call, through a deprecated method."""
     monkeypatch.setattr(models, "resolve_repo", lambda name, task: "someone/model")
-    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline(task).to(dtype=dtype))
+    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype, *_: tiny_pipeline(task).to(dtype=dtype))
     pipe = models.load_pipeline("someone/model", task=task, device="cpu", dtype=torch.float16)
     assert pipe.unet.dtype == torch.float16
     assert pipe.vae.dtype == (torch.float32 if task == "upscale" else torch.float16)
@@ -175,7 +175,7 @@ def test_in_fp16_only_the_upscalers_vae_stays_fp32(monkeypatch, task):
 
 def test_a_unet_with_the_wrong_input_channels_is_refused(monkeypatch):
     monkeypatch.setattr(models, "resolve_repo", lambda name, task: "someone/model")
-    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype: tiny_pipeline("inpaint"))
+    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype, *_: tiny_pipeline("inpaint"))
     with pytest.raises(ValueError, match="9 input channels; task='text2img' needs 4"):
         models.load_pipeline("someone/model", task="text2img", device="cpu")
 
@@ -189,3 +189,126 @@ def test_a_local_pipeline_folder_loads_without_the_hub(tmp_path, monkeypatch):
     tiny_pipeline("depth2img").save_pretrained(tmp_path / "depth")  # saved without a depth estimator
     pipe = models.load_pipeline(str(tmp_path / "depth"), task="depth2img", device="cpu")
     assert pipe.unet.config.in_channels == 5 and pipe.depth_estimator is None
+
+
+# --- families, the safety checker, random-weight names -------------------------------------------
+
+
+@pytest.fixture
+def loaded(monkeypatch):
+    """Stand in for the hub: records which short name was resolved and which repo loaded, with what."""
+    calls = []
+
+    def resolve(name, task):
+        calls.append(("resolve", name, task))
+        return f"hub/{name}"
+
+    def load(repo, task, dtype, safety_checker=False):
+        calls.append(("load", repo, task, safety_checker))
+        return tiny_pipeline(task)
+
+    monkeypatch.setattr(models, "resolve_repo", resolve)
+    monkeypatch.setattr(models, "load_real", load)
+    return calls
+
+
+@pytest.mark.parametrize("task, member", [("inpaint", "sd15-inpaint"), ("depth2img", "sd2-depth"), ("upscale", "x4-upscaler")])
+def test_a_short_name_loads_its_familys_model_for_a_task_it_cannot_do_and_says_so(loaded, capsys, task, member):
+    """SDCOURSE_MODEL=sd15 alone runs chapter 4: its 4-channel UNet cannot inpaint (the chapter reads the
+    mask from channel 4 of a 9-channel UNet), so sd15's inpainting model loads, and one line says so."""
+    pipe = models.load_pipeline("sd15", task=task, device="cpu")
+    assert ("resolve", member, task) in loaded
+    assert pipe.unet.config.in_channels == models.UNET_IN_CHANNELS[task]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"'sd15' has no {task} model of its own" in err and repr(member) in err
+
+
+def test_sd2_names_inpaint_with_sd2_inpainting_and_own_tasks_stay(loaded):
+    models.load_pipeline("sd21-base", task="inpaint", device="cpu")
+    models.load_pipeline("sd21-base", task="img2img", device="cpu")
+    assert [c[1] for c in loaded if c[0] == "resolve"] == ["sd2-inpaint", "sd21-base"]
+
+
+def test_a_text_to_image_unet_is_refused_for_inpainting_with_the_way_out(monkeypatch):
+    monkeypatch.setattr(models, "resolve_repo", lambda name, task: name)
+    monkeypatch.setattr(models, "load_real", lambda repo, task, dtype, *_: tiny_pipeline("text2img"))
+    with pytest.raises(ValueError, match=r"4 input channels.*needs an inpainting model.*'sd15-inpaint'.*inpaint_by_blending"):
+        models.load_pipeline("someone/text-to-image-model", task="inpaint", device="cpu")
+
+
+def test_the_safety_checker_is_left_out_unless_asked_for(monkeypatch):
+    """SD 1.x's NSFW checker costs 0.6 GB and blacks out false positives: chapter 1 says it is None."""
+    seen = {}
+    for task, cls in models.PIPELINE_CLASSES.items():
+        def from_pretrained(repo, _task=task, **kwargs):
+            seen[_task] = kwargs
+            return tiny_pipeline(_task)
+
+        monkeypatch.setattr(cls, "from_pretrained", from_pretrained)
+    for task in models.TASKS:
+        models.load_real("hub/model", task, torch.float32)
+    for task in ("text2img", "img2img", "inpaint"):
+        assert seen[task]["safety_checker"] is None and seen[task]["requires_safety_checker"] is False
+    assert seen["upscale"]["safety_checker"] is None and "requires_safety_checker" not in seen["upscale"]
+    assert "safety_checker" not in seen["depth2img"]  # that pipeline has none
+    models.load_real("hub/model", "text2img", torch.float32, safety_checker=True)
+    assert "safety_checker" not in seen["text2img"]
+
+
+def test_mini_refuses_a_transformers_that_drops_its_text_encoder_weights(monkeypatch):
+    from transformers import CLIPTextModel
+
+    real = CLIPTextModel.from_pretrained.__func__
+
+    def skipping(cls, *args, **kwargs):
+        model, info = real(cls, *args, **kwargs)
+        return model, {**info, "missing_keys": ["text_model.embeddings.token_embedding.weight"]}
+
+    monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(skipping))
+    with pytest.raises(models.ModelNotAvailableError, match=r"cannot read mini-SD's text encoder.*transformers>=5.6"):
+        models.load_pipeline("mini", device="cpu")
+
+
+def test_uses_mini_resolves_auto(monkeypatch):
+    monkeypatch.delenv("SDCOURSE_MODEL", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.uses_mini("auto") and models.uses_mini("mini")
+    assert not models.uses_mini("tiny-random-sd2") and not models.uses_mini("sd15")
+    monkeypatch.setenv("SDCOURSE_MODEL", "tiny-random-sd2")
+    assert not models.uses_mini("auto")
+
+
+def test_random_names_are_listed_and_unknown_ones_refused():
+    from sdcourse.testing import random_pipeline
+
+    assert {"tiny-random-sd2", "random-sd15", "random-sd21-base"} <= set(models.RANDOM_MODELS)
+    with pytest.raises(ValueError, match="Unknown random model"):
+        random_pipeline("random-sdxl", "text2img")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, task, layout",
+    [("random-sd15", "inpaint", (9, 768, 49407)), ("random-sd15", "depth2img", (5, 1024, 0)),
+     ("random-sd21-base", "text2img", (4, 1024, 0))],
+)
+def test_random_real_names_give_the_layout_their_family_loads(name, task, layout):
+    """random-sd15 is what sd15 loads per task, in full size with random weights: SD 1.5 inpainting (9
+    channels, CLIP ViT-L, end-token padding), SD 2 depth (5, OpenCLIP ViT-H, "!" padding, a DPT)."""
+    import gc
+
+    from PIL import Image
+
+    pipe = models.load_pipeline(name, task=task, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    in_channels, hidden, pad_id = layout
+    assert pipe.unet.config.in_channels == in_channels
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim == hidden
+    assert pipe.tokenizer.pad_token_id == pad_id
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 512
+    if task == "depth2img":  # from a photograph alone: the depth estimator makes the depth map
+        image = Image.new("RGB", (64, 64), (120, 90, 60))
+        out = pipe("a cat", image=image, strength=1.0, num_inference_steps=1, output_type="np")
+        assert out.images.shape == (1, 64, 64, 3) and type(pipe.depth_estimator).__name__ == "DPTForDepthEstimation"
+    del pipe
+    gc.collect()

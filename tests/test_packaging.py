@@ -18,7 +18,7 @@ def normalise(requirement: str) -> str:
 def pyproject_requirements() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return {normalise(r) for r in project["dependencies"] + extras["train"] + extras["notebooks"]}
+    return {normalise(r) for r in project["dependencies"] + extras["train"] + extras["photos"] + extras["notebooks"]}
 
 
 def environment_requirements() -> set[str]:
