@@ -111,7 +111,8 @@ class ImageExplorer(widgets.VBox):
         render the widget view. nbconvert's HTML (and nbviewer, built on it) skips the widget view
         when the notebook holds no saved widget state (the chapters are committed without it), and
         GitHub cannot render it: they show `image/png`, the image on show when the cell ran. A
-        console shows `text/plain`.
+        console shows `text/plain`. (A notebook saved with widget state, as `nbconvert --execute`
+        saves it by default, is drawn from that state by a widget manager the HTML loads from the web.)
         """
         bundle = super()._repr_mimebundle_(**kwargs)
         return {
