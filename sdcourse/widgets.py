@@ -15,6 +15,11 @@ five values does not run the pipeline five times.
 The image is an `ipywidgets.Image` holding PNG bytes (`explorer.image.value`), so explorers
 are built, driven and checked without a running kernel, and show the same in Jupyter,
 Colab and VS Code.
+
+Where no widget frontend exists, an explorer still shows its current state: its display
+bundle carries, beside the live widget's view, that image as `image/png` and the state in
+words as `text/plain` (see `ImageExplorer._repr_mimebundle_`), so a notebook exported with
+nbconvert, on nbviewer or on GitHub shows the picture, and a console or `print` the words.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from sdcourse.conditioning import (
 from sdcourse.guidance import check_guidance_scale
 
 DISPLAY_SIZE = 256  # pixels: small images are enlarged (nearest neighbour) to about this size
+WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"  # what widget frontends render
 
 
 def png_bytes(image: Image.Image, display_size: int = DISPLAY_SIZE) -> bytes:
@@ -97,6 +103,35 @@ class ImageExplorer(widgets.VBox):
     def current_image(self) -> Image.Image:
         """The image on show (at its own size, not enlarged)."""
         return self.image_at(self.control.value)
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """What Jupyter displays: the live widget where a widget frontend exists, else a picture.
+
+        A frontend shows the richest type it can render. JupyterLab, Notebook 7, Colab and VS Code
+        render the widget view. nbconvert's HTML (and nbviewer, built on it) skips the widget view
+        when the notebook holds no saved widget state (the chapters are committed without it), and
+        GitHub cannot render it: they show `image/png`, the image on show when the cell ran. A
+        console shows `text/plain`. (A notebook saved with widget state, as `nbconvert --execute`
+        saves it by default, is drawn from that state by a widget manager the HTML loads from the web.)
+        """
+        bundle = super()._repr_mimebundle_(**kwargs)
+        return {
+            WIDGET_VIEW_MIMETYPE: bundle[WIDGET_VIEW_MIMETYPE],
+            "image/png": bytes(self.image.value),
+            "text/plain": repr(self),
+        }
+
+    def __repr__(self) -> str:
+        """The state in words (a console or `print` has no widget to show), instead of the
+        widget tree with the image's bytes that ipywidgets would print."""
+        control, image = self.control, self.current_image
+        position = f"{self.values.index(control.value) + 1} of {len(self.values)}"
+        return (
+            f"{type(self).__name__}: {control.description} = {control.value} ({position})\n"
+            f"{self.caption.value}\n"
+            f"[image on show: explorer.current_image, {image.width}×{image.height}; "
+            f"a live {type(control).__name__} in Jupyter]"
+        )
 
     def precompute(self, progress: bool = True) -> None:
         """Compute every value's image now, so that moving the control is instant."""

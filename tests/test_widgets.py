@@ -209,3 +209,86 @@ def test_strength_explorer_refuses_bad_input(img2img_pipe, pipe, scene_image):
         widgets.strength_explorer(pipe, scene_image, PROMPT, progress=False)
     with pytest.raises(ValueError, match=r"62×62.*multiples of 4"):
         widgets.strength_explorer(img2img_pipe, scene_image[:62, :62], PROMPT, progress=False)
+
+
+# --------------------------------------------------------------------------- without a widget frontend
+
+
+EXPLORERS = {  # name -> (build(pipe, img2img_pipe, image), a second value of its control)
+    "guidance": (lambda p, i, image: widgets.guidance_explorer(p, PROMPT, scales=(1, 7.5), steps=2,
+                                                               progress=False), 7.5),
+    "noising": (lambda p, i, image: widgets.noising_explorer(p, image, timesteps=[0, 750]), 750),
+    "attention": (lambda p, i, image: widgets.attention_explorer(p, PROMPT, steps=2, progress=False), "circle"),
+    "strength": (lambda p, i, image: widgets.strength_explorer(i, image, PROMPT, strengths=(0.3, 1.0), steps=4,
+                                                               progress=False), 1.0),
+}
+
+
+@pytest.fixture(params=list(EXPLORERS))
+def explorer_and_second_value(request, pipe, img2img_pipe, scene_image):
+    build, second = EXPLORERS[request.param]
+    return build(pipe, img2img_pipe, scene_image), second
+
+
+def display_data(explorer) -> dict:
+    """What IPython puts in a cell's output for `explorer` (the same path as a cell's last line)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(explorer)
+    return data
+
+
+def test_every_explorer_displays_the_live_widget_and_a_picture_of_its_state(explorer_and_second_value):
+    explorer, second = explorer_and_second_value
+    before = display_data(explorer)
+    assert set(before) == {widgets.WIDGET_VIEW_MIMETYPE, "image/png", "text/plain"}
+    assert before[widgets.WIDGET_VIEW_MIMETYPE]["model_id"] == explorer.model_id  # the live widget
+    assert before["image/png"] == shown(explorer)
+    assert explorer.caption.value in before["text/plain"]
+
+    first_caption = explorer.caption.value
+    explorer.control.value = second
+    after = display_data(explorer)
+    assert after["image/png"] == shown(explorer) != before["image/png"]
+    shown_png = Image.open(io.BytesIO(after["image/png"])).resize(explorer.current_image.size, Image.NEAREST)
+    assert np.array_equal(pixels(shown_png), pixels(explorer.current_image))
+    assert explorer.caption.value in after["text/plain"] and first_caption not in after["text/plain"]
+
+
+def executed_notebook(explorer):
+    """A one-cell notebook whose output is `explorer` displayed, saved without widget state."""
+    import json
+
+    import nbformat
+    from jupyter_client.jsonutil import json_default
+
+    data = json.loads(json.dumps(display_data(explorer), default=json_default))  # as the kernel sends it
+    cell = nbformat.v4.new_code_cell("explorer", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=data, execution_count=1)]
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+@pytest.mark.parametrize("template", ["lab", "classic"])
+def test_exported_html_shows_the_current_image_not_the_widget_repr(pipe, template):
+    import base64
+
+    from nbconvert import HTMLExporter
+
+    explorer = widgets.guidance_explorer(pipe, PROMPT, scales=(1, 7.5), steps=2, progress=False)
+    explorer.control.value = 7.5
+    html, _ = HTMLExporter(template_name=template).from_notebook_node(executed_notebook(explorer))
+    assert base64.b64encode(shown(explorer)).decode() in html
+    explorer.control.value = 1
+    assert base64.b64encode(shown(explorer)).decode() not in html  # the picture is of the state shown
+    assert "ImageExplorer(children" not in html and "Error displaying widget" not in html
+
+
+def test_console_and_print_show_the_state_in_words(pipe, capsys):
+    explorer = widgets.guidance_explorer(pipe, PROMPT, scales=(1, 7.5), steps=2, progress=False)
+    explorer.control.value = 7.5
+    print(explorer)
+    printed = capsys.readouterr().out
+    assert printed.startswith("ImageExplorer: guidance_scale = 7.5 (2 of 2)\n")
+    assert "guidance_scale = 7.5 · seed 0 · a red circle on a blue background" in printed
+    assert "explorer.current_image, 64×64" in printed and "PNG" not in printed  # no image bytes
+    assert display_data(explorer)["text/plain"] == repr(explorer) == printed.rstrip("\n")
