@@ -2,10 +2,10 @@
 
 With two objects, a text-to-image model tends to draw both things the caption names, in the
 two places it names, but pairs them up at random ("a red circle on the left and a blue square
-on the right" came out swapped 42 times in 96 from mini-SD before its layout stage used this;
-SD has the same attribute-binding failure). The text side is not the problem: mini-SD's causal
-text encoder carries each object's colour and shape into the state of its position word. The
-denoising loss just gives the UNet little reason to read it there.
+on the right" comes out swapped as often as not; SD has the same attribute-binding
+failure). The text side is not the problem: mini-SD's causal text encoder carries each object's
+colour and shape into the state of its position word. The denoising loss just gives the UNet
+little reason to read it there.
 
 The shapes world knows every object's mask, so training can say it directly, as TokenCompose
 (Wang et al., 2024) does for SD with segmentation masks: the attention that an object's words
@@ -15,9 +15,8 @@ denoising loss with a small weight. mini-SD's layout stage grounds only the posi
 only at the noisiest timesteps: a colour word comes before "on the left" and cannot know where
 its object goes, and where the noisy latents still show the objects, attention finds them
 without reading the caption (grounding every word at every timestep moved the attention, not
-the arrangement). On its own, with mirrored noisy latents, it lifted "the colours follow swapped
-words" from 6 % to 14 %; with many more two-object examples at high noise
-(`train_mini.more_high_noise`) to 77 % (a settle stage on mostly two-object scenes then took it to 88 %).
+the arrangement). It works together with mirrored noisy latents and many more two-object
+examples at high noise (`train_mini.more_high_noise`); CHANGELOG.md has the measurements.
 """
 
 from __future__ import annotations

@@ -61,13 +61,15 @@ def mini_quality(monkeypatch):
 @pytest.fixture
 def committed_metrics(mini_quality):
     """The model card's metrics, from the committed benchmarks/results/mini_quality.json."""
-    return mini_quality.card_metrics(json.loads(mini_quality.OUT.read_text()))
+    from sdcourse import model_card
+
+    return model_card.card_metrics(json.loads(mini_quality.OUT.read_text()))
 
 
 def test_the_shipped_model_card_is_the_one_the_committed_results_make(mini_quality, committed_metrics):
-    from sdcourse import models, train_mini
+    from sdcourse import model_card, models
 
-    card = train_mini.model_card(models.MINI_DIR, committed_metrics, mini_quality.bar_rows(committed_metrics))
+    card = model_card.card_text(models.MINI_DIR, committed_metrics, mini_quality.bar_rows(committed_metrics))
     assert card == (models.MINI_DIR / "README.md").read_text(), "run: python benchmarks/mini_quality.py --card-only"
 
 
