@@ -210,9 +210,10 @@ def test_the_grader_scores_a_japanese_notebook_in_japanese(tmp_path, no_language
     """A learner's copy saved anywhere keeps the edition's metadata: its scorecard and messages are Japanese."""
     notebook = nbformat.read(JA / NOTEBOOKS[1], as_version=4)
     cells = grader.answer_cells(notebook)
-    notebook.cells = [notebook.cells[cells["1.1"]], notebook.cells[cells["1.1"] + 1],
-                      nbformat.v4.new_code_cell("from sdcourse import exercises")]
-    notebook.cells.insert(0, notebook.cells.pop())
+    setup = nbformat.v4.new_code_cell("from sdcourse import exercises")
+    if notebook.nbformat_minor < 5:  # cell ids came with nbformat 4.5
+        del setup["id"]
+    notebook.cells = [setup, notebook.cells[cells["1.1"]], notebook.cells[cells["1.1"] + 1]]
     path = tmp_path / "my_copy.ipynb"  # not under ja/: the metadata alone says Japanese
     nbformat.write(notebook, path)
     env = {k: v for k, v in os.environ.items() if k not in ("SDCOURSE_LANG", "JPY_SESSION_NAME")}
@@ -221,7 +222,8 @@ def test_the_grader_scores_a_japanese_notebook_in_japanese(tmp_path, no_language
     card = run()
     assert card.returncode == 1
     title = exercises.get("1.1").ja["title"]
-    assert card.stdout.splitlines()[0].startswith("章 1 · my_copy.ipynb：1 問中 0 問合格"), card.stdout + card.stderr
+    assert card.stdout.splitlines()[0].startswith("章 1 · my_copy.ipynb：6 問中 0 問合格"), card.stdout + card.stderr
     assert f"· 1.1 {title} — 未着手: まだ解かれていません" in card.stdout
+    assert "· 1.2 " + exercises.get("1.2").ja["title"] + " — 未着手: チェックのセルが実行されませんでした" in card.stdout
     items = json.loads(run("--json").stdout)
     assert items[0]["status"] == "not attempted" and items[0]["message"].startswith("まだ解かれていません")
