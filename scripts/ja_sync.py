@@ -2,7 +2,8 @@
 
     python scripts/ja_sync.py                 # rewrite notebooks/ja/ from the English edition and list
                                               # the markdown cells whose English changed since translated
-    python scripts/ja_sync.py --show          # ... and print those cells' current English text
+    python scripts/ja_sync.py --show          # ... and print what changed in their English (a diff against
+                                              # the text translated, found in git history), or the new text
     python scripts/ja_sync.py --check         # change nothing; exit 1 if anything is out of step
     python scripts/ja_sync.py --mark 01:12 …  # after translating: record cell 12 of chapter 1 (or a cell
                                               # id) as translated from the English it has now
@@ -19,7 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import functools
 import hashlib
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +31,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 EN, JA = ROOT / "notebooks", ROOT / "notebooks" / "ja"
+JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")  # kana and kanji: a cell that has none is untranslated
 
 
 def en_sha1(source: str) -> str:
@@ -95,7 +100,7 @@ def synced(en_nb, ja_nb) -> tuple:
         else:
             cell.source = old.source
             sdcourse_meta["en_sha1"] = recorded_sha1(old)
-        if sdcourse_meta["en_sha1"] != en_sha1(en_nb.cells[index].source):
+        if sdcourse_meta["en_sha1"] != en_sha1(en_nb.cells[index].source) or not JAPANESE.search(cell.source):
             stale.append(index)
     return out, stale
 
@@ -118,8 +123,36 @@ def mark(names: list[str]) -> None:
             (i for i, c in enumerate(ja_nb.cells) if c.get("id") == where), None)
         if index is None or index >= len(ja_nb.cells) or ja_nb.cells[index].cell_type == "code":
             raise SystemExit(f"--mark {name}: no markdown cell {where} in {JA.name}/{en_path.name}.")
+        if not JAPANESE.search(ja_nb.cells[index].source):
+            raise SystemExit(f"--mark {name}: the cell is still in English; translate it first.")
         ja_nb.cells[index].metadata.setdefault("sdcourse", {})["en_sha1"] = en_sha1(en_nb.cells[index].source)
         nbformat.write(ja_nb, JA / en_path.name)
+
+
+@functools.lru_cache(maxsize=None)
+def english_history(en_path: Path, limit: int = 300) -> dict[str, str]:
+    """{SHA-1: source} of every markdown cell the English chapter had in its last `limit` commits."""
+    relative = en_path.relative_to(ROOT).as_posix()
+    run = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    sources = {}
+    for commit in run("log", f"-{limit}", "--format=%H", "--", relative).stdout.split():
+        text = run("show", f"{commit}:{relative}").stdout
+        try:
+            cells = nbformat.reads(text, 4).cells
+        except Exception:  # a version that is not a valid notebook: skip it
+            continue
+        sources.update({en_sha1(c.source): c.source for c in cells if c.cell_type == "markdown"})
+    return sources
+
+
+def show(en_path: Path, cell, english: str) -> None:
+    """Print how a stale cell's English changed since it was translated (or its text, when new)."""
+    old = english_history(en_path).get(recorded_sha1(cell) or "")
+    if old is None:
+        print("    " + english.replace("\n", "\n    "))
+        return
+    for line in difflib.unified_diff(old.splitlines(), english.splitlines(), "translated", "now", lineterm="", n=1):
+        print("    " + line)
 
 
 def main(argv=None) -> int:
@@ -144,10 +177,15 @@ def main(argv=None) -> int:
         out_of_step |= changed or bool(stale)
         for index in stale:
             cell = new_nb.cells[index]
-            state = "untranslated (new)" if recorded_sha1(cell) is None else "English changed since translated"
+            if recorded_sha1(cell) is None:
+                state = "untranslated (new)"
+            elif not JAPANESE.search(cell.source):
+                state = "untranslated"
+            else:
+                state = "English changed since translated"
             print(f"{cell_name(ja_path, index, cell)}: {state}")
             if args.show:
-                print("    " + en_nb.cells[index].source.replace("\n", "\n    "))
+                show(en_path, cell, en_nb.cells[index].source)
         if changed:
             print(f"{ja_path.relative_to(ROOT)}: {'out of step' if args.check else 'rewritten'}")
     if args.check:

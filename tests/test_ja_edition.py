@@ -85,13 +85,18 @@ def test_the_sync_script_finds_nothing_to_do():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("with_ids", [True, False])
-def test_sync_keeps_translations_and_flags_edited_new_and_dropped_cells(with_ids):
+def _ja_sync():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import ja_sync
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+    return ja_sync
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_sync_keeps_translations_and_flags_edited_new_and_dropped_cells(with_ids):
+    ja_sync = _ja_sync()
     en = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("x = 1"),
         nbformat.v4.new_markdown_cell("Old text."), nbformat.v4.new_markdown_cell("Gone.")])
@@ -112,6 +117,28 @@ def test_sync_keeps_translations_and_flags_edited_new_and_dropped_cells(with_ids
     assert [c.source for c in new.cells] == ["# 題", "Added.", "x = 2", "古い文。"]
     assert stale == [1, 3]
     assert new.cells[3].metadata["sdcourse"]["en_sha1"] == ja_sync.en_sha1("Old text.")
+
+
+def test_mark_records_a_translation_and_refuses_an_english_cell(tmp_path, monkeypatch):
+    ja_sync = _ja_sync()
+    en_dir = tmp_path / "notebooks"
+    monkeypatch.setattr(ja_sync, "ROOT", tmp_path)
+    monkeypatch.setattr(ja_sync, "EN", en_dir)
+    monkeypatch.setattr(ja_sync, "JA", en_dir / "ja")
+    en = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("x = 1")])
+    en_dir.mkdir()
+    nbformat.write(en, en_dir / NOTEBOOKS[1])
+    assert ja_sync.main([]) == 0
+    assert ja_sync.main(["--check"]) == 1  # the new cell is untranslated
+    with pytest.raises(SystemExit, match="still in English; translate it first"):
+        ja_sync.main(["--mark", "01:0"])
+    ja = nbformat.read(en_dir / "ja" / NOTEBOOKS[1], 4)
+    ja.cells[0].source = "# 題"
+    nbformat.write(ja, en_dir / "ja" / NOTEBOOKS[1])
+    assert ja_sync.main(["--mark", "01:0"]) == 0
+    assert ja_sync.main(["--check"]) == 0
+    with pytest.raises(SystemExit, match="no markdown cell 1"):
+        ja_sync.main(["--mark", "01:1"])
 
 
 @pytest.mark.parametrize("chapter", sorted(NOTEBOOKS))
