@@ -15,6 +15,7 @@ import pytest
 
 from sdcourse import exercises
 from sdcourse.exercises import NOTEBOOKS, catalogue, grader, language
+from sdcourse.exercises.core import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 EN, JA = ROOT / "notebooks", ROOT / "notebooks" / "ja"
@@ -189,6 +190,7 @@ def test_every_exercise_has_its_texts_in_japanese():
 
 
 def test_a_typical_mistake_is_named_in_japanese():
+    RESULTS.clear()
     exercise = exercises.get("1.1")
     mistake = exercise.mistakes[0]
     try:
@@ -198,6 +200,7 @@ def test_a_typical_mistake_is_named_in_japanese():
         assert str(result).startswith("✗ 演習 1.1 不合格")
         assert exercise.hint() == f"ヒント: {exercise.ja['hint']}"
         assert exercise.check(exercise.reference()).message == exercise.ja["passed"]
+        assert str(exercises.progress(1)).startswith("第 1 章：6 問中 1 問合格")
     finally:
         exercises.set_language("en")
     assert exercise.check(mistake.answer).message == mistake.message
@@ -249,7 +252,7 @@ def test_the_grader_scores_a_japanese_notebook_in_japanese(tmp_path, no_language
     card = run()
     assert card.returncode == 1
     title = exercises.get("1.1").ja["title"]
-    assert card.stdout.splitlines()[0].startswith("章 1 · my_copy.ipynb：6 問中 0 問合格"), card.stdout + card.stderr
+    assert card.stdout.splitlines()[0].startswith("第 1 章 · my_copy.ipynb：6 問中 0 問合格"), card.stdout + card.stderr
     assert f"· 1.1 {title} — 未着手: まだ解かれていません" in card.stdout
     assert "· 1.2 " + exercises.get("1.2").ja["title"] + " — 未着手: チェックのセルが実行されませんでした" in card.stdout
     items = json.loads(run("--json").stdout)
