@@ -3,6 +3,9 @@
 The notebooks run on mini-SD unless SDCOURSE_MODEL names another model (or a CUDA GPU
 makes "auto" pick real SD). A chapter that needs a mini-SD variant which this checkout
 does not have is skipped with that reason, rather than failing on the missing weights.
+
+The Japanese edition (ja/) is not run: its code cells and checked outputs are the English ones and
+its checked cells do not depend on the language (tests/test_ja_edition.py proves both).
 """
 
 import os
@@ -11,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from sdcourse import models
+
+collect_ignore = ["ja"]
 
 NEEDS = {"04_extra_conditioning.ipynb": ("inpaint", "depth2img", "upscale")}
 

@@ -40,6 +40,20 @@ def attention_weights(height, width, vae_factor):
     ],
     passed_message="Right: an image twice as wide and high has 16× the attention weights, which is why "
                    "SD works on a grid 8× smaller per side.",
+    ja=dict(
+        title='潜在変数上の自己アテンションの表はどれほど大きいか',
+        hint='まず潜在変数の位置を数えましょう：画像は各辺で `vae_factor` 分の 1 になります。'
+             '表は位置ごとに 1 行と 1 列を持ちます。',
+        passed='正解です：縦横 2 倍の画像はアテンション重みが 16 倍になります。SD が一辺 8 分の 1 '
+               'の格子で動くのはこのためです。',
+        mistakes={
+            'pixels': '潜在変数ではなく画素を数えています：UNet が動くのは VAE の潜在変数の格子、'
+                      'height/vae_factor × width/vae_factor 個の位置の上です。',
+            'not_squared': 'それは位置の数で、アテンション重みの数ではありません：n 個の位置それぞれが n 個の位置に 1 '
+                           'つずつ重みを持つので、全部で n × n 個です。',
+            'side_only': '位置の数は潜在変数の格子の高さ × 幅で、一辺の 2 乗ではありません。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 1.2 the latent shape
@@ -84,6 +98,22 @@ def latent_shape(vae_config, height, width):
                 lambda c, h, w: (c.latent_channels, w // 2 ** (len(c.block_out_channels) - 1), h // 2 ** (len(c.block_out_channels) - 1))),
     ],
     passed_message="Right, and it works for any VAE: SD's (×8), mini-SD's (×4) and the x4 upscaler's (×4).",
+    ja=dict(
+        title='VAE の設定から潜在変数の形状を求める',
+        hint='`vae_config.block_out_channels` はエンコーダーのブロックごとに 1 '
+             'つの値を持ち、最後以外のすべてのブロックが高さと幅を半分にします。チャンネル数は '
+             '`vae_config.latent_channels` です。',
+        passed='正解です。しかもどの VAE でも動きます：SD の VAE（×8）、mini-SD の VAE（×4）'
+               '、x4 アップスケーラーの VAE（×4）。',
+        mistakes={
+            'every_block': '潜在変数の格子が本来の半分の大きさです：n 個のブロックを持つ VAE は n − 1 '
+                           '回しか縮小しません（最後のブロックはサイズを保ちます）。',
+            'colour_channels': '潜在変数のチャンネル数は `vae_config.latent_channels` で、画像の 3 '
+                               'つの色チャンネルではありません。',
+            'no_division': '高さと幅を VAE の縮小率で割ってください：潜在変数は画像より小さいのです。',
+            'swapped': 'PyTorch のどの画像テンソルとも同じく、高さが幅より先です（チャンネル、高さ、幅）。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 1.3 encode with the scaling factor
@@ -122,6 +152,22 @@ def to_latents(vae, pixels):
     random_message="Your latents change from call to call: `latent_dist.sample()` draws a random point of the "
                    "Gaussian. To look at an image's latents use its mean (`latent_dist.mean` or `.mode()`).",
     passed_message="Right: these are exactly the latents `sdcourse.latents.encode` gives.",
+    ja=dict(
+        title='画像を UNet が見る潜在変数にエンコードする',
+        hint='`vae.encode(pixels)` が返すオブジェクトの `latent_dist` '
+             'はガウス分布です。その平均を取り、潜在変数の分散がおよそ 1 になるよう '
+             '`vae.config.scaling_factor` でスケールしましょう。',
+        passed='正解です：これは `sdcourse.latents.encode` が返す潜在変数とまったく同じです。',
+        random='潜在変数が呼び出しのたびに変わります：`latent_dist.sample()` '
+               'はガウス分布のランダムな点を引きます。画像の潜在変数を見るには、'
+               'その平均（`latent_dist.mean` または `.mode()`）を使いましょう。',
+        mistakes={
+            'no_scaling': '`vae.config.scaling_factor` を忘れています：それがないと、潜在変数は '
+                          'UNet が学習したものより何倍も大きくなります。',
+            'divided': 'エンコードでは `vae.config.scaling_factor` を掛けます。'
+                       '割るのはデコード側の処理です。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 1.4 noising by hand
@@ -167,6 +213,21 @@ def add_noise(x0, noise, alphas_cumprod, t):
                 _off_by_one),
     ],
     passed_message="Right: this is exactly what `scheduler.add_noise` computes.",
+    ja=dict(
+        title='潜在変数をタイムステップ t までノイズ化する',
+        hint='ᾱ_t を `alphas_cumprod[t]` から読み、式 x_t = √ᾱ_t · x0 + '
+             '√(1 − ᾱ_t) · ε を `.sqrt()` を使って書きましょう。',
+        passed='正解です：これは `scheduler.add_noise` が計算するものとまったく同じです。',
+        mistakes={
+            'no_sqrt': '平方根 √ᾱ_t と √(1 − ᾱ_t) を使ってください：ᾱ_t は分散の割合で、x0 と ε '
+                       'の重みは標準偏差です。',
+            'swapped': '信号とノイズが入れ替わっています：ᾱ_t は信号の割合（t = 0 で 1 に近い）なので、√ᾱ_t '
+                       'を x0 に掛けます。',
+            'noise_no_sqrt': 'ノイズの重みにも平方根が要ります：√(1 − ᾱ_t)。',
+            'off_by_one': 'タイムステップが 1 つずれています：`alphas_cumprod` は t '
+                          'そのもので引いてください（タイムステップは 0 から数えます）。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 1.5 the noise level σ
@@ -197,6 +258,18 @@ def noise_level(alphas_cumprod):
                 "signal's √ᾱ_t.", lambda a: (1 - a).sqrt()),
     ],
     passed_message="Right: these are the σ values Euler-type schedulers step through.",
+    ja=dict(
+        title='すべてのタイムステップのノイズレベル σ_t',
+        hint='σ_t は標準偏差の比です：ノイズの √(1 − ᾱ_t) を信号の √ᾱ_t で割ります。'
+             'テンソル全体を一度に計算しましょう。',
+        passed='正解です：これが Euler 系のスケジューラーがたどる σ の値です。',
+        mistakes={
+            'no_sqrt': '平方根を取ってください：(1 − ᾱ_t) / ᾱ_t は分散の比で、σ_t は標準偏差の比です。',
+            'inverted': '比が逆さまです：σ_t はノイズ÷信号なので t とともに増えます（t = 0 で小さく、SD では '
+                        't = 999 で約 14.6）。',
+            'noise_only': 'それはノイズの標準偏差 √(1 − ᾱ_t) だけです。信号の √ᾱ_t で割ってください。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 1.6 slerp
@@ -244,6 +317,22 @@ def slerp(a, b, t):
                 "`torch.acos`, which only takes values in [−1, 1].", _unnormalised),
     ],
     passed_message="Right: it matches `sdcourse.latents.slerp`, and every point keeps the length of real noise.",
+    ja=dict(
+        title='2 つのノイズの間の球面線形補間',
+        hint='まず角度 θ：その余弦は a·b / (‖a‖ ‖b‖) で、`(a * b).sum()` と '
+             '`.norm()` で求められ、`torch.acos` が θ を返します。次に a に '
+             'sin((1 − t)θ)/sin θ、b に sin(tθ)/sin θ の重みを掛けます。',
+        passed='正解です：`sdcourse.latents.slerp` と一致し、'
+               'どの点も本物のノイズの長さを保ちます。',
+        mistakes={
+            'lerp': 'それは lerp、直線 (1 − t)·a + t·b です：本物のノイズがある球面の内側を通り、'
+                    '長さが縮みます。sin の重みを使ってください。',
+            'swapped': 'slerp は t = 0 で a、t = 1 で b を返す必要があります：2 '
+                       'つの重みが逆になっています。',
+            'unnormalised': 'θ は a と b の間の角度です：`torch.acos` は [−1, 1] '
+                            'の値しか受け取らないので、その前に内積を両方の長さで割ってください。',
+        },
+    ),
 )
 
 

@@ -62,6 +62,20 @@ def token_positions(tokenizer, prompt, word):
                 lambda tok, prompt, word: _find(tok(prompt).input_ids, _pieces(tok, word), first_only=True)),
     ],
     passed_message="Right: these are the columns of the attention table that belong to the word.",
+    ja=dict(
+        title='単語が占めるスロット',
+        hint='プロンプトは特殊トークン付きで（`tokenizer(prompt).input_ids`）、'
+             '単語は特殊トークンなしで（`add_special_tokens=False`）トークン化しましょう：'
+             '単語は複数の ID になることがあります。次に、その ID の並びをプロンプトのあらゆる位置で探します。',
+        passed='正解です：これがアテンションの表のうち、その単語に属する列です。',
+        mistakes={
+            'no_start_token': 'どのスロットも 1 つ小さすぎます：スロット 0 には開始トークン <|startoftext|> '
+                              'があるので、最初の単語はスロット 1 にあります。プロンプトは特殊トークン付きでトークン化してください。',
+            'first_piece_only': "'zigzag' は 2 つのトークン（'zig'、'zag</w>'）です："
+                                'すべての断片のスロットを返してください。',
+            'first_only': "'a' はプロンプトに 2 回現れます：すべての出現のスロットを返してください。",
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 2.2 cross-attention by hand
@@ -113,6 +127,21 @@ def attention_weights(query, key):
     ],
     passed_message="Right: the same table as diffusers' `get_attention_scores`, which is what "
                    "`attention.trace` records for the heat maps.",
+    ja=dict(
+        title='クロスアテンションの重みを手で計算する',
+        hint='query は (heads, positions, d)、key は (heads, 77, d) '
+             'です：query に、最後の 2 次元を転置した key を掛け、√d で割り、トークンについて '
+             'softmax を取りましょう。',
+        passed='正解です：diffusers の `get_attention_scores` と同じ表で、'
+               '`attention.trace` がヒートマップのために記録するものです。',
+        mistakes={
+            'no_scale': 'softmax の前にスコアを √d（d = query.shape[-1]）で割ってください。'
+                        'そうしないと softmax が鋭くなりすぎます。',
+            'divide_by_d': 'd そのものではなく、d の平方根で割ってください。',
+            'wrong_dim': '画像の各位置は 77 個のトークンに注意を配分します：最後の次元について softmax を取り、'
+                         '各行の和が 1 になるようにしてください。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 2.3 one word's heat map
@@ -145,6 +174,22 @@ def token_heatmap(weights, token_index, height, width):
                 "(width, height) transposed.", lambda w, i, h, wd: w[:, :, i].mean(dim=0).reshape(wd, h).T),
     ],
     passed_message="Right: upsampled to the image and scaled to [0, 1], this is a heat map like the chapter's.",
+    ja=dict(
+        title='1 つのトークンのヒートマップ',
+        hint='`weights` は (heads, height·width, 77) です。'
+             'トークンのマップはその列 `weights[:, :, token_index]` です。'
+             'ヘッドについて平均してから (height, width) に reshape しましょう：位置は 1 '
+             '行ずつ並んでいます。',
+        passed='正解です：画像サイズに拡大して [0, 1] に正規化すれば、この章のようなヒートマップになります。',
+        mistakes={
+            'first_head': '最初のヘッドだけでなく、すべてのヘッドを平均してください（`.mean(dim=0)`）：'
+                          'ヘッドごとに探すものが違います。',
+            'summed': 'ヘッドは `.mean(dim=0)` で平均してください。和を取るとマップが `heads` '
+                      '倍大きくなります。',
+            'transposed': '格子は `width` 個の位置が `height` 行あります：reshape(height, '
+                          'width) で、(width, height) を転置したものではありません。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 2.4 swap a word inside the embedding
@@ -197,6 +242,20 @@ def swap_token(token_embeds, input_ids, old_id, new_row):
     ],
     passed_message="Right: add the position embeddings, run the transformer (`text.encode_from_embeddings`), and "
                    "you get exactly the embeddings of the prompt with the new word typed in.",
+    ja=dict(
+        title='トークン埋め込みの中で単語を入れ替える',
+        hint='`input_ids == old_id` が変えるべきスロットを示します。`[..., None]` '
+             'で最後の次元を加えて埋め込みと形をそろえ、`torch.where` にそこで `new_row` '
+             'を選ばせましょう。',
+        passed='正解です：位置埋め込みを足して Transformer '
+               'に通す（`text.encode_from_embeddings`）と、'
+               '新しい単語を打ち込んだプロンプトの埋め込みとまったく同じになります。',
+        mistakes={
+            'first_only': "'red' は 2 回現れます：そのトークンがあるすべてのスロットで置き換えてください。",
+            'added': 'トークンのベクトルを置き換えてください。新しいベクトルを足すと、2 つの単語が混ざったものになります。',
+            'every_slot': '変わるのは ID が `old_id` のスロットだけです。ほかのスロットは自分のベクトルを保ちます。',
+        },
+    ),
 )
 
 EXERCISES = [TOKEN_POSITIONS, ATTENTION_WEIGHTS, WORD_HEATMAP, SWAP_WORD]

@@ -38,6 +38,23 @@ def apply_guidance(noise_pred_uncond, noise_pred_text, guidance_scale):
     ],
     passed_message="Right: scale 0 gives the unconditional model, 1 the text-conditioned one, and larger scales "
                    "extrapolate past it.",
+    ja=dict(
+        title='Classifier-free ガイダンスの式',
+        hint='ε̂ = ε_uncond + s · (ε_text − ε_uncond)。スケール 0 '
+             'では無条件の予測、スケール 1 ではテキストの予測にならなければなりません。',
+        passed='正解です：スケール 0 は無条件のモデル、1 はテキスト条件付きのモデルで、'
+               'それより大きなスケールはその先へ外挿します。',
+        mistakes={
+            'swapped': '無条件の予測とテキストの予測が入れ替わっています：`noise_pred_uncond` から出発して '
+                       '`noise_pred_text` の方へ進んでください。',
+            'sign': '符号が逆です：ガイダンスはテキストの予測の *方へ* 進みます。+ s · (text − '
+                    'uncond) です。',
+            'no_base': '出発点が抜けています：結果は ε_uncond + s · (ε_text − ε_uncond) で、'
+                       'スケールした差だけではありません。',
+            'text_base': 'ε_text ではなく ε_uncond から出発してください：スケール 1 '
+                         'で結果はテキストの予測そのものにならなければなりません。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 3.2 one guided UNet call
@@ -121,6 +138,23 @@ def guided_noise_pred(unet, latents, t, encoder_hidden_states, guidance_scale):
     extra_check=_whole_loop,
     atol=1e-3,
     passed_message="Right: a loop built on your function makes exactly the latents of `pipe(...)` with the same seed.",
+    ja=dict(
+        title='ガイダンス付きの UNet の呼び出し 1 回と、それを使ったループ全体',
+        hint='`torch.cat([latents] * 2)` で潜在変数を複製して 1 回の UNet '
+             'の呼び出しで両方の枝を予測し（`encoder_hidden_states` はこの順で '
+             '[uncond, text]）、予測を `.chunk(2)` で分け、演習 3.1 '
+             'の式を適用しましょう。',
+        passed='正解です：あなたの関数で作ったループは、同じシードで `pipe(...)` '
+               'とまったく同じ潜在変数を作ります。',
+        mistakes={
+            'chunk_order': 'バッチは `encoder_hidden_states` の順で [uncond, text] です：'
+                           '`noise_pred_uncond, noise_pred_text = '
+                           'noise_pred.chunk(2)`。',
+            'text_only': 'それは guidance_scale 1 のときのようなテキストの予測だけです：UNet '
+                         'を両方の半分で実行して混ぜてください。',
+            'uncond_only': 'それは無条件の予測だけです：両方の半分をガイダンスの式で混ぜてください。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 3.3 guidance rescale
@@ -163,6 +197,22 @@ def rescale_noise(noise_cfg, noise_pred_text, guidance_rescale):
                 "φ = guidance_rescale.", lambda g, t, p: _rescaled(g, t, p, mix=False)),
     ],
     passed_message="Right: the same as `guidance.rescale_guidance` and diffusers' `rescale_noise_cfg`.",
+    ja=dict(
+        title='ガイダンスのリスケール（guidance rescale）',
+        hint='両方の予測について画像ごとに 1 つの標準偏差を取り（`.std(dim=[1, 2, 3], '
+             'keepdim=True)`）、ガイダンス後の予測をその比でスケールしてから混ぜましょう：φ · '
+             'rescaled + (1 − φ) · guided。',
+        passed='正解です：`guidance.rescale_guidance` や diffusers の '
+               '`rescale_noise_cfg` と同じです。',
+        mistakes={
+            'whole_batch': 'バッチ以外のすべての次元について、画像ごとに 1 つの標準偏差を取ってください：'
+                           '同じバッチの画像でも広がりは大きく違うことがあります。',
+            'inverted': '比が逆さまです：ガイダンス後の予測をテキストの予測の広がりまで *下げます*。std(text) / '
+                        'std(guided) です。',
+            'no_mix': 'リスケールした予測を元の予測と混ぜてください：φ · rescaled + (1 − φ) · '
+                      'guided、φ = guidance_rescale です。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 3.4 where adherence stops improving
@@ -203,6 +253,19 @@ def enough_guidance(curve, tolerance):
                 lambda curve, tol: max(curve)),
     ],
     passed_message="Right: beyond that scale guidance buys no more adherence on this measure, and costs variety.",
+    ja=dict(
+        title='忠実さが伸びなくなるスケール',
+        hint='まずすべてのスケールの中で最良の `all_correct` を見つけ、次に値が最良 − '
+             'tolerance 以上のスケールのうち、最小のスケール（`curve` のキー）を返しましょう。',
+        passed='正解です：そのスケールを超えると、この尺度ではガイダンスはもう忠実さを上げず、'
+               '多様性を犠牲にするだけです。',
+        mistakes={
+            'argmax': 'それは忠実さが最も高いスケールです。問われているのは伸びが止まる場所、つまり最良から '
+                      '`tolerance` 以内に入る最小のスケールです。',
+            'value': 'そのスコアではなく、ガイダンススケール（`curve` のキー）を返してください。',
+            'largest_scale': '試した中で最大のスケールではなく、十分に良い最小のスケールを返してください。',
+        },
+    ),
 )
 
 EXERCISES = [FORMULA, ENOUGH_GUIDANCE, GUIDED_CALL, RESCALE]

@@ -51,6 +51,23 @@ def first_timestep(scheduler, num_inference_steps, strength):
                 lambda sch, n, s: int(s * sch.config.num_train_timesteps)),
     ],
     passed_message="Right: the same start as `sampling.img2img_timesteps` and diffusers' img2img pipeline.",
+    ja=dict(
+        title='img2img が始まるタイムステップ',
+        hint='img2img はスケジューラーのタイムステップの *最後の* '
+             'int(num_inference_steps · strength) 個を実行します。'
+             '`scheduler.set_timesteps(num_inference_steps)` を呼び、'
+             'それが始まる位置で `scheduler.timesteps` を引きましょう。',
+        passed='正解です：`sampling.img2img_timesteps` や diffusers の '
+               'img2img パイプラインと同じ出発点です。',
+        mistakes={
+            'reversed': 'img2img は *最初の* タイムステップを飛ばし、最後の int(steps · '
+                        'strength) 個を実行します：インデックス num_inference_steps − '
+                        'int(num_inference_steps · strength) から始めてください。',
+            'rounded': 'diffusers は実行するステップ数を、四捨五入ではなく int() で *切り捨て* ます。',
+            'scaled_strength': 'img2img はスケジューラー自身のタイムステップの 1 つから始まります。strength × '
+                               '1000 ではありません。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 4.2 the inpainting UNet's 9 channels
@@ -109,6 +126,22 @@ def inpaint_unet_input(latents, mask, masked_image_latents):
     ],
     passed_message="Right: 9 channels, as `pipe.unet.config.in_channels` says; the pipeline builds exactly this at "
                    "every step.",
+    ja=dict(
+        title='Inpainting 用 UNet の 9 つの入力チャンネル',
+        hint='マスクは画像サイズで来ます：`F.interpolate(mask, '
+             'size=latents.shape[-2:])` で潜在変数の格子にしましょう。次に、'
+             'モデルが学習した順（潜在変数、マスク、マスクした画像の潜在変数）でチャンネルの次元（dim=1）'
+             'に沿って連結します。',
+        passed='正解です：`pipe.unet.config.in_channels` が示すとおり 9 チャンネルで、'
+               'パイプラインは毎ステップちょうどこれを作ります。',
+        mistakes={
+            'order': 'Inpainting 用 UNet はチャンネルを決まった順で学習しました：潜在変数（4）、マスク（1）'
+                     '、マスクした画像の潜在変数（4）。',
+            'inverted': 'マスクはそのまま使ってください：モデルが学習したとおり、白（1）が描き直す領域を示します。',
+            'bilinear': 'diffusers と同じく、マスクは最近傍補間（F.interpolate の既定）'
+                        'で縮小してください：bilinear は縁をぼかします。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 4.3 one latent-blending step
@@ -150,6 +183,21 @@ def blend(latents, init_latents, noise, mask, scheduler, t):
                 lambda *args: _blend(*args, invert=True)),
     ],
     passed_message="Right: this is what `sampling.inpaint_by_blending` does after every scheduler step.",
+    ja=dict(
+        title='潜在変数のブレンドによる Inpainting の 1 ステップ',
+        hint='マスクの外の潜在変数は、同じタイムステップ t までノイズ化した入力画像のものでなければなりません：'
+             '`scheduler.add_noise(init_latents, noise, t)`。'
+             'それからマスク（1 = 描き直す）で組み合わせましょう。',
+        passed='正解です：これは `sampling.inpaint_by_blending` '
+               'がスケジューラーの各ステップの後で行うことです。',
+        mistakes={
+            'clean': '入力は、きれいなままではなく t での潜在変数と '
+                     '*同じだけノイズを乗せて*（scheduler.add_noise）貼り戻してください：'
+                     'ノイズの多い絵の中のきれいな潜在変数は、次のステップで UNet を混乱させます。',
+            'inverted': 'マスクはモデルが描き直すところで 1 です：そこでは `latents` を残し、'
+                        'それ以外では入力を使ってください。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 4.4 the depth channel
@@ -201,6 +249,22 @@ def depth_channel(depth, latent_height, latent_width):
                 "whole batch's.", lambda d, h, w: _depth(d, h, w, whole_batch=True)),
     ],
     passed_message="Right: the same channel diffusers' depth-to-image pipeline builds from `depth_map=`.",
+    ja=dict(
+        title='深度モデルの 5 つ目のチャンネル',
+        hint='まず縮小し（`F.interpolate(..., mode="bicubic", '
+             'align_corners=False)`）、次に各画像をそれ自身の最小値と最大値（次元 [1, 2, '
+             '3] についての `torch.amin/amax`）で [−1, 1] に正規化しましょう。',
+        passed='正解です：diffusers の Depth-to-Image パイプラインが '
+               '`depth_map=` から作るのと同じチャンネルです。',
+        mistakes={
+            'zero_one': 'UNet は [−1, 1] の深度を期待します：[0, 1] ではなく 2 · (d − min) '
+                        '/ (max − min) − 1 です。',
+            'normalise_first': '先に縮小し、それから正規化してください：bicubic の縮小は鋭い縁で行き過ぎるので、'
+                               '先に正規化すると [−1, 1] の外の値が残ります。',
+            'whole_batch': '各画像を、バッチ全体のではなくそれ *自身の* 最小値と最大値（次元 [1, 2, 3]）'
+                           'で正規化してください。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 4.5 the upscaler's 7 channels
@@ -239,6 +303,20 @@ def upscaler_unet_input(latents, low_res, noise, noise_level, low_res_scheduler)
                 lambda x, low, n, level, sch: torch.cat([sch.add_noise(low, n, level), x], dim=1)),
     ],
     passed_message="Right: 7 channels, what `StableDiffusionUpscalePipeline` feeds its UNet at every step.",
+    ja=dict(
+        title='x4 アップスケーラーの 7 つの入力チャンネル',
+        hint='まず `low_res_scheduler.add_noise(low_res, noise, '
+             'noise_level)` で低解像度画像を `noise_level` までノイズ化し、'
+             'それからチャンネルの次元に沿って潜在変数の後ろに置きましょう。',
+        passed='正解です：7 チャンネル、`StableDiffusionUpscalePipeline` '
+               'が毎ステップ UNet に与えるものです。',
+        mistakes={
+            'not_noised': 'まず低解像度画像を `noise_level` '
+                          'までノイズ化してください（low_res_scheduler.add_noise）：'
+                          'アップスケーラーはノイズ化した入力で学習し、そのレベルをクラスラベルとして教えられています。',
+            'order': '潜在変数が先、その後に画像の 3 チャンネル：アップスケーラーが学習した順です。',
+        },
+    ),
 )
 
 EXERCISES = [FIRST_TIMESTEP, INPAINT_INPUT, BLEND, DEPTH_CHANNEL, UPSCALER_INPUT]

@@ -48,6 +48,22 @@ def rare_identifier(tokenizer, candidates):
                 "brings a meaning of its own.", lambda tok, words: max(words, key=lambda w: max(_ids(tok, w)))),
     ],
     passed_message="Right: one token, and nearly unused before training, which is why the community settled on 'sks'.",
+    ja=dict(
+        title='まれな 1 トークンの識別子を選ぶ',
+        hint='各候補を開始・終了トークン *なしで* '
+             'トークン化し（`add_special_tokens=False`）、ちょうど 1 '
+             'トークンになる単語を残しましょう。その中で最もまれなのは ID が最も大きいものです。',
+        passed="正解です：1 トークンで、学習前にはほとんど使われていません。コミュニティが 'sks' "
+               'に落ち着いたのはこのためです。',
+        mistakes={
+            'start_token': 'どの候補の ID も開始トークン（49406）で始まるので、比べても何も比べていません：'
+                           '`add_special_tokens=False` でトークン化してください。',
+            'lowest_id': '最もまれなトークンは ID が *最も大きい* ものです：CLIP の BPE '
+                         'は最も頻繁な組から先に結合しました。',
+            'split_words': "'vkz' は 2 つのトークン（'v'、'kz</w>'）です：識別子は 1 "
+                           'トークンでなければなりません。さもないと各断片がそれぞれの意味を持ち込みます。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 5.2 the prior-preservation loss
@@ -94,6 +110,22 @@ def dreambooth_loss(model_pred, target, prior_loss_weight):
                 + w * F.mse_loss(*[x.chunk(2)[1] for x in (p, t)], reduction="sum")),
     ],
     passed_message="Right: this is the loss `sdcourse.dreambooth` and diffusers' train_dreambooth.py minimise.",
+    ja=dict(
+        title='事前保存（prior preservation）付きの DreamBooth の損失',
+        hint='予測と目標を `.chunk(2)` で分けましょう：前半は対象の写真、後半はクラス画像です。'
+             'それぞれの半分の平均二乗誤差を取り、クラスの半分に `prior_loss_weight` '
+             'の重みを掛けます。',
+        passed='正解です：これが `sdcourse.dreambooth` と diffusers の '
+               'train_dreambooth.py が最小化する損失です。',
+        mistakes={
+            'weight_on_instance': '`prior_loss_weight`（λ）は対象ではなく、クラス画像の損失に掛ける重みです。',
+            'plain_mse': 'バッチを分けてください：対象の写真が先、クラス画像が後で、クラスの半分に '
+                         'prior_loss_weight の重みを掛けます。バッチ全体の MSE 1 つでは λ '
+                         'が無視されます。',
+            'summed': '事前学習と同じく平均二乗誤差（F.mse_loss の既定の reduction）を使ってください。'
+                      '和は画像サイズとバッチとともに大きくなります。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 5.3 how many parameters LoRA trains
@@ -143,6 +175,22 @@ def lora_parameter_count(unet, rank, target_modules):
                 lambda u, r, t: _lora_count(u, r, t, lambda m, r: r * (m.in_features + m.out_features), every_linear=True)),
     ],
     passed_message="Right: the same count as PEFT's adapter, a small fraction of the UNet's parameters.",
+    ja=dict(
+        title='LoRA が学習するパラメータの数',
+        hint='`unet.named_modules()` をたどりましょう。名前が '
+             '`target_modules` のどれかで終わる `torch.nn.Linear` ごとに、'
+             'LoRA は A（rank × in_features）と B（out_features × rank）'
+             'を加えます。',
+        passed='正解です：PEFT のアダプターと同じ数で、UNet のパラメータのごく一部です。',
+        mistakes={
+            'full_matrix': 'それは in × out の行列を rank 個数えたものです。LoRA の更新は B·A で、A は '
+                           'rank × in_features、B は out_features × rank '
+                           '個のパラメータを持ちます。',
+            'a_only': '両方の行列を数えてください：A は rank × in_features、B は '
+                      'out_features × rank 個のパラメータです。',
+            'every_linear': 'LoRA の行列を持つのは `target_modules` に名前のある層だけです。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 5.4 what the UNet is trained to predict
@@ -181,6 +229,23 @@ def training_target(scheduler, latents, noise, timesteps):
                 "the noise, for 'v_prediction' the velocity.", lambda sch, x, n, t: x),
     ],
     passed_message="Right: with this line the same training step trains SD 1.x and SD 2.x models.",
+    ja=dict(
+        title='学習の目標：ノイズか速度か',
+        hint='`scheduler.config.prediction_type` を読みましょう：'
+             '"epsilon" なら目標はノイズ、"v_prediction" なら '
+             '`scheduler.get_velocity(latents, noise, timesteps)` '
+             'です。',
+        passed='正解です：この 1 行で、同じ学習ステップが SD 1.x と SD 2.x のモデルを学習します。',
+        mistakes={
+            'always_noise': "このスケジューラーは prediction_type='v_prediction' です：そのモデルは、"
+                            'SD 2.1（768 px）や x4 アップスケーラーと同じく速度 '
+                            '`scheduler.get_velocity(latents, noise, timesteps)` '
+                            'を予測します。',
+            'always_velocity': "prediction_type が 'epsilon' なら、目標はノイズそのものです。",
+            'clean_latents': "ここでの UNet はきれいな潜在変数を予測するよう学習しません：'epsilon' ならノイズ、"
+                             "'v_prediction' なら速度を予測します。",
+        },
+    ),
 )
 
 EXERCISES = [RARE_IDENTIFIER, PRIOR_LOSS, LORA_SIZE, TRAINING_TARGET]

@@ -45,6 +45,21 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps, steps_offset):
                 lambda n, total, offset: torch.linspace(total - 1, 0, n).round().long()),
     ],
     passed_message="Right: exactly `DDIMScheduler.set_timesteps`' timesteps for SD's config.",
+    ja=dict(
+        title='DDIM が訪れるタイムステップ',
+        hint='学習のタイムステップが 1000 で 20 ステップなら、DDIM は 50 ごとに取ります：0、50、'
+             '…、950 を `steps_offset` だけずらし、最もノイズの多いものから順に訪れます。',
+        passed='正解です：SD の設定での `DDIMScheduler.set_timesteps` '
+               'のタイムステップとまったく同じです。',
+        mistakes={
+            'no_offset': 'SD のスケジューラーはどのタイムステップも `steps_offset`（1）だけずらします：'
+                         'それを足してください。',
+            'ascending': 'サンプリングはノイズから画像へ進みます：タイムステップは *減って* いかなければなりません。',
+            'linspace': "DDIM の既定（'leading'）の間隔は、999 から等間隔の値ではなく、0 から "
+                        '(num_train_timesteps // num_inference_steps) '
+                        'ごとのタイムステップを取ります。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 6.2 x̂0 from the noise prediction
@@ -77,6 +92,17 @@ def predict_x0(latents, noise_pred, alpha_prod_t):
                 lambda x, e, a: x - (1 - a).sqrt() * e),
     ],
     passed_message="Right: the `pred_original_sample` a DDIM step returns.",
+    ja=dict(
+        title='予測したきれいな潜在変数 x̂0',
+        hint='x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε から始めましょう：'
+             'ノイズの項を反対側に移してから割ります。',
+        passed='正解です：DDIM のステップが返す `pred_original_sample` です。',
+        mistakes={
+            'no_sqrt': '平方根を使ってください：x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε。',
+            'plus': 'ノイズの項は引いてください：x0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t。',
+            'no_division': '√ᾱ_t で割ってください：x_t にはきれいな潜在変数が √ᾱ_t 倍しか含まれていません。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 6.3 the DDIM step
@@ -117,6 +143,21 @@ def ddim_step(latents, noise_pred, alpha_prod_t, alpha_prod_t_prev):
                 lambda x, e, a, ap: ap * _x0(x, e, a) + (1 - ap) * e),
     ],
     passed_message="Right: exactly `DDIMScheduler.step` with eta = 0, the deterministic sampler.",
+    ja=dict(
+        title='DDIM の 1 ステップを手で',
+        hint='2 行です：x̂0 を予測し（演習 6.2）、同じ予測ノイズで *前の* '
+             'タイムステップまでノイズ化し直します：√ᾱ_prev · x̂0 + √(1 − ᾱ_prev) · '
+             'ε̂。',
+        passed='正解です：eta = 0 の `DDIMScheduler.step`、'
+               '決定的なサンプラーとまったく同じです。',
+        mistakes={
+            'same_alpha': '新しい潜在変数には、前の（よりノイズの少ない）タイムステップの ᾱ（alpha_prod_t_prev）'
+                          'を使ってください。ᾱ_t では潜在変数がそのまま戻ってきます。',
+            'x0_only': 'DDIM は x̂0 に跳ぶのではありません：x̂0 を前のタイムステップまでノイズ化し直します。'
+                       '√ᾱ_prev · x̂0 + √(1 − ᾱ_prev) · ε̂ です。',
+            'no_sqrt': 'ᾱ_prev と 1 − ᾱ_prev の平方根を使ってください。',
+        },
+    ),
 )
 
 # --------------------------------------------------------------------------- 6.4 a loss-guidance step
@@ -164,6 +205,20 @@ def loss_guidance_step(latents, loss_fn, loss_scale):
                 lambda x, f, s: x - _gradient(x, f)),
     ],
     passed_message="Right: `sampling.text2img(loss_fn=...)` takes this step at every timestep, with x̂0 decoded by the VAE.",
+    ja=dict(
+        title='損失ガイダンスの 1 ステップ',
+        hint='潜在変数を勾配が必要な葉にし（`latents.detach().requires_grad_(True)`）'
+             '、損失を計算して `torch.autograd.grad(loss, latents)[0]` '
+             'を求め、loss_scale でスケールしてその *逆向きに* 進みましょう。',
+        passed='正解です：`sampling.text2img(loss_fn=...)` は毎タイムステップ、VAE '
+               'でデコードした x̂0 についてこのステップを取ります。',
+        mistakes={
+            'uphill': '上り坂へ進んでいます：損失を下げるには勾配を引いてください。',
+            'loss_value': '損失の値そのものではなく、損失の *勾配*（torch.autograd.grad(loss, '
+                          'latents)）に沿って進んでください。',
+            'unscaled': '勾配に `loss_scale` を掛けてください：それが損失の導く強さを決めます。',
+        },
+    ),
 )
 
 EXERCISES = [TIMESTEPS, PREDICT_X0, DDIM_STEP, LOSS_STEP]

@@ -208,11 +208,12 @@ class Exercise:
         exec(compile(self.solution_code, f"<solution {self.id}>", "exec"), namespace)
         return namespace[self.name]
 
-    def local_title(self) -> str:
-        return self._local("title", self.title)
+    def local_title(self, language: str | None = None) -> str:
+        """The title in `language` (default: the current one)."""
+        return self._local("title", self.title, language)
 
-    def _local(self, key: str, english):
-        return self.ja.get(key, english) if current() == "ja" else english
+    def _local(self, key: str, english, language: str | None = None):
+        return self.ja.get(key, english) if (language or current()) == "ja" else english
 
     def check(self, answer=..., **context) -> Result:
         """Check the learner's `answer`; never raises for a wrong one. Needs `self.needs` as keywords."""

@@ -4,6 +4,8 @@ An exercise's answer cell starts with the line `# EXERCISE 1.2`; its check cell 
 `exercises.get("1.2").check(...)`. `solve` replaces every answer cell's code with the
 reference solution. `check` runs the whole notebook in a fresh kernel (errors do not stop
 it, as a learner's run would not), then reads each check's verdict from the kernel.
+The scorecard speaks the notebook's language (`metadata.sdcourse.language`, the Japanese
+edition's "ja"), unless SDCOURSE_LANG asks for another.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from sdcourse.exercises import NOTEBOOKS, catalogue
 from sdcourse.exercises.core import FAILED, NOT_ATTEMPTED, PASSED, RESULTS
-from sdcourse.exercises.language import say
+from sdcourse.exercises.language import chosen, notebook_language, say
 
 ANSWER_CELL = re.compile(r"^# EXERCISE (\d+\.\d+)\b")
 REPORT_MARK = "SDCOURSE-EXERCISE-RESULTS "
@@ -43,6 +45,7 @@ class Scorecard:
     chapter: int
     items: list[Item]
     seconds: float
+    language: str = "en"
 
     @property
     def all_passed(self) -> bool:
@@ -50,12 +53,13 @@ class Scorecard:
 
     def text(self) -> str:
         passed = sum(item.status == PASSED for item in self.items)
-        lines = [say("scorecard_head", chapter_word=say("chapter"), chapter=self.chapter, notebook=self.notebook,
-                     passed=passed, total=len(self.items), seconds=self.seconds)]
+        language = self.language
+        lines = [say("scorecard_head", language, chapter_word=say("chapter", language), chapter=self.chapter,
+                     notebook=self.notebook, passed=passed, total=len(self.items), seconds=self.seconds)]
         marks = {PASSED: "✓", FAILED: "✗", NOT_ATTEMPTED: "·"}
         for item in self.items:
             detail = "" if item.status == PASSED else f": {item.message}"
-            lines.append(f"  {marks[item.status]} {item.id} {item.title} — {say(item.status)}{detail}")
+            lines.append(f"  {marks[item.status]} {item.id} {item.title} — {say(item.status, language)}{detail}")
         return "\n".join(lines)
 
 
@@ -77,6 +81,12 @@ def read_chapter(path) -> tuple:
         names = ", ".join(NOTEBOOKS.values())
         raise NotebookError(f"{path.name} is not one of the workbook's six chapters ({names}).")
     return notebook, chapter
+
+
+def language_of(notebook, path) -> str:
+    """The notebook's language: its `metadata.sdcourse.language`, else its folder's (`ja/`), else English."""
+    language = notebook.metadata.get("sdcourse", {}).get("language")
+    return language if language in ("en", "ja") else notebook_language(path)
 
 
 def answer_cells(notebook) -> dict[str, int]:
@@ -152,6 +162,10 @@ def check(path, timeout: int = 1800) -> Scorecard:
     from nbclient import NotebookClient
 
     notebook, chapter = read_chapter(path)
+    language = chosen() or language_of(notebook, path)
+    # the kernel's checks speak the scorecard's language wherever the notebook was saved
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(
+        f"from sdcourse.exercises import set_language as _set_language\n_set_language({language!r})"))
     notebook.cells.append(nbformat.v4.new_code_cell(REPORT_CELL))
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"],
@@ -165,8 +179,8 @@ def check(path, timeout: int = 1800) -> Scorecard:
         if exercise.id in report:
             status, message = report[exercise.id]["status"], report[exercise.id]["message"]
         elif (error := _check_cell_error(notebook, exercise.id)) is not None:
-            status, message = FAILED, say("check_cell_error", error=error)
+            status, message = FAILED, say("check_cell_error", language, error=error)
         else:
-            status, message = NOT_ATTEMPTED, say("no_check_ran")
-        items.append(Item(exercise.id, exercise.local_title(), status, message))
-    return Scorecard(Path(path).name, chapter, items, seconds)
+            status, message = NOT_ATTEMPTED, say("no_check_ran", language)
+        items.append(Item(exercise.id, exercise.local_title(language), status, message))
+    return Scorecard(Path(path).name, chapter, items, seconds, language)

@@ -1,10 +1,13 @@
 """The words the checks and the grader use, in English and Japanese.
 
-The language comes from `set_language("ja")` (a notebook's setup cell) or the
-`SDCOURSE_LANG` environment variable; English otherwise.
+The notebooks' code cells are the same in both editions, so the language comes from outside
+the code: `set_language("ja")`, else the `SDCOURSE_LANG` environment variable, else the
+notebook's place (a notebook in a folder named `ja`, as `notebooks/ja/` is); English otherwise.
 """
 
 import os
+import sys
+from pathlib import Path
 
 LANGUAGES = ("en", "ja")
 _chosen: str | None = None
@@ -67,9 +70,9 @@ MESSAGES = {
         "expected_value": "{expected} を期待しましたが、{got} でした",
         "random": "同じ入力で呼び出すたびに結果が変わります。関数の中に乱数が入っていませんか。",
         "check_failed": "チェックがあなたの答えを使えませんでした（{error}）。課題が求める型と比べてください。",
-        "progress": "{chapter_word} {chapter}：{total} 問中 {passed} 問合格",
+        "progress": "第 {chapter} 章：{total} 問中 {passed} 問合格",
         "chapter": "章",
-        "scorecard_head": "{chapter_word} {chapter} · {notebook}：{total} 問中 {passed} 問合格（{seconds:.0f} 秒）",
+        "scorecard_head": "第 {chapter} 章 · {notebook}：{total} 問中 {passed} 問合格（{seconds:.0f} 秒）",
         "no_check_ran": "チェックのセルが実行されませんでした",
         "check_cell_error": "チェックのセルが {error} で止まりました",
     },
@@ -84,14 +87,48 @@ def set_language(language: str) -> None:
     _chosen = language
 
 
-def current() -> str:
-    """The language in use: set_language's choice, else SDCOURSE_LANG, else English."""
+def chosen() -> str | None:
+    """The language asked for explicitly: set_language's choice, else SDCOURSE_LANG ("ja", "ja_JP"); else None."""
     if _chosen is not None:
         return _chosen
-    language = os.environ.get("SDCOURSE_LANG", "en").strip().lower()[:2]
-    return language if language in LANGUAGES else "en"
+    language = os.environ.get("SDCOURSE_LANG", "").strip().lower()[:2]
+    return language if language in LANGUAGES else None
 
 
-def say(key: str, **values) -> str:
-    """The message `key` in the current language, with `values` filled in."""
-    return MESSAGES[current()][key].format(**values)
+def notebook_language(path) -> str:
+    """The edition a notebook at `path` belongs to: "ja" in a folder named `ja` (notebooks/ja/), else "en"."""
+    return "ja" if Path(path).parent.name == "ja" else "en"
+
+
+def _running_notebook() -> str | None:
+    """The path of the notebook this kernel runs, where the frontend tells it (JupyterLab, VS Code)."""
+    path = os.environ.get("JPY_SESSION_NAME")  # set by jupyter_server for a notebook's kernel
+    if not path:
+        main = sys.modules.get("__main__")
+        path = getattr(main, "__vsc_ipynb_file__", None)  # set by VS Code's Jupyter extension
+    return path if isinstance(path, str) and path.endswith(".ipynb") else None
+
+
+def detected() -> str:
+    """The language of the notebook this kernel runs: from its path, else from the working directory.
+
+    Jupyter starts a notebook's kernel in the notebook's folder, so a kernel working in a folder
+    named `ja` that holds the chapters (notebooks/ja/) runs the Japanese edition.
+    """
+    path = _running_notebook()
+    if path is not None:
+        return notebook_language(path)
+    cwd = Path.cwd()
+    if cwd.name == "ja" and any(cwd.glob("0[1-6]_*.ipynb")):
+        return "ja"
+    return "en"
+
+
+def current() -> str:
+    """The language in use: set_language's choice, else SDCOURSE_LANG, else the notebook's edition."""
+    return chosen() or detected()
+
+
+def say(key: str, language: str | None = None, **values) -> str:
+    """The message `key` in `language` (default: the current one), with `values` filled in."""
+    return MESSAGES[language or current()][key].format(**values)
