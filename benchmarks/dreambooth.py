@@ -172,7 +172,7 @@ def gpu_mode(steps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
         (workdir / "instance").mkdir()
-        for i, scene in enumerate(dreambooth_eval.concept_scenes(4)):
+        for i, scene in enumerate(dreambooth_eval.subject_scenes(4)):
             world.render_pil(scene).resize((512, 512), Image.BICUBIC).save(workdir / "instance" / f"{i}.png")
         for name, (preset, changes) in GPU_CONFIGURATIONS.items():
             gc.collect()

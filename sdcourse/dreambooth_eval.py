@@ -15,12 +15,13 @@ import torch
 
 from . import judge, world
 from .dreambooth.config import IDENTIFIER
+from .latents import seeded_generator
 from .models import images_per_batch
 
 CONCEPT_COLOUR = "yellow"
 
 
-def concept_scenes(n: int = 8, seed: int = 0, colour: str = CONCEPT_COLOUR) -> list:
+def subject_scenes(n: int = 8, seed: int = 0, colour: str = CONCEPT_COLOUR) -> list:
     """`n` scenes of ONE subject: the held-out star in one colour, at varied sizes, positions and
     backgrounds (never its own colour). A DreamBooth subject is one specific thing, so
     "a sks shape" comes to mean "a {colour} star", and prompts can still change its background."""
@@ -45,11 +46,11 @@ def concept_caption(scene, identifier: str = IDENTIFIER) -> str:
 
 def write_concept_images(folder, n: int = 8, seed: int = 0, colour: str = CONCEPT_COLOUR,
                          caption_extension: str | None = None) -> Path:
-    """Render `concept_scenes(n, seed, colour)` as PNG instance images into `folder`; with
+    """Render `subject_scenes(n, seed, colour)` as PNG instance images into `folder`; with
     `caption_extension` (".txt") also each image's `concept_caption` beside it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, scene in enumerate(concept_scenes(n, seed, colour)):
+    for i, scene in enumerate(subject_scenes(n, seed, colour)):
         world.render(scene).pil().save(folder / f"instance_{i:02d}.png")
         if caption_extension:
             (folder / f"instance_{i:02d}{caption_extension}").write_text(concept_caption(scene) + "\n", encoding="utf-8")
@@ -60,10 +61,10 @@ def concept_class_prompts(n: int = 64, seed: int = 0) -> list[str]:
     """`n` different class prompts that each name a colour and a background ("a red shape on a
     blue background"), for prior preservation on the shapes world.
 
-    The class prompt "a shape" alone protects only itself: after training, "a red shape" and the
-    other colours were right in about half of the images (0.56 LoRA, 0.48 full). Class images of every colour on every background keep those words
-    meaning what they meant, and since the instance captions also name the background
-    (`concept_caption`), "sks" is left as the one word that means "the star"."""
+    The class prompt "a shape" alone protects only itself: after training "a red shape" and the
+    other colours came out wrong about half of the time. Class images of every colour on every
+    background keep those words meaning what they meant, and since the instance captions also name
+    the background (`concept_caption`), "sks" is left as the one word that means "the star"."""
     pairs = [(colour, background) for colour in world.COLOURS for background in world.COLOURS if colour != background]
     if not 1 <= n <= len(pairs):
         raise ValueError(f"n={n!r} must be between 1 and {len(pairs)} (the colour-background pairs).")
@@ -102,7 +103,7 @@ def _judged(pipe, prompts, seeds, identifier, steps, guidance_scale) -> list:
         chunk = jobs[start : start + batch_size]
         images = pipe(
             [p for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
+            generator=[seeded_generator(s) for _, s in chunk],
         ).images
         verdicts += [judge.judge(image, p, identifier=identifier) for image, (p, _) in zip(images, chunk)]
     return verdicts
@@ -116,8 +117,8 @@ def concept_scores(pipe, identifier: str = IDENTIFIER, colour: str | None = CONC
     - concept: "a sks shape" shows the star (concept_colour: ... in `colour`);
     - composition: "a sks shape on a green background" gets both star and background right;
     - class: "a red shape" shows a red circle, square or triangle, not a star (language drift);
-      its seeds are not those of the class images (0, 1, ...). Ten seeds per colour: the drift
-      bar is 10 points, and with 3 seeds (27 images) one run's class score varied by ±7.
+      its seeds are not those of the class images (0, 1, ...). Ten seeds per colour, so that the
+      score's own spread stays well under the drift bar of 10 points.
     """
     prompts = concept_prompts(identifier, colour)
     run = dict(identifier=identifier, steps=num_inference_steps, guidance_scale=guidance_scale)

@@ -170,7 +170,7 @@ def test_empty_instance_folder(data, tmp_path):
 def test_unreadable_files_are_skipped_with_a_warning_that_lists_them(data, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
-    world.render_pil(dreambooth_eval.concept_scenes(1)[0]).save(folder / "good.png")
+    world.render_pil(dreambooth_eval.subject_scenes(1)[0]).save(folder / "good.png")
     (folder / "notes.txt").write_text("not an image")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.warns(DreamBoothWarning, match="skipped 2 file\\(s\\).*broken.png, notes.txt"):
@@ -336,7 +336,7 @@ def test_several_class_prompts_take_turns_in_images_and_training(data, tmp_path)
     with torch.no_grad():
         table = pipe.text_encoder(ids)[0]
     parts = {"instance_embeddings": table[:1], "prior_embeddings": table[1:]}
-    states = dreambooth.prompt_embeddings(parts, torch.tensor([0, 0]), torch.tensor([1, 0, 1]))
+    states = dreambooth.batch_encoder_hidden_states(parts, torch.tensor([0, 0]), torch.tensor([1, 0, 1]))
     assert [next(k for k in range(3) if torch.equal(state, table[k])) for state in states] == [0, 0, 2, 1, 2]
 
 
@@ -348,7 +348,7 @@ def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DreamBoothWarning)  # the caption files are not "unreadable images"
         images, prompts = dreambooth.load_instance_data(config, 64)
-    scenes = dreambooth_eval.concept_scenes(3)
+    scenes = dreambooth_eval.subject_scenes(3)
     assert prompts == [f"a sks shape on {'an' if s.background[0] in 'aeiou' else 'a'} {s.background} background"
                        for s in scenes]
     assert [np.asarray(image).tolist() for image in images] == [np.asarray(world.render_pil(s)).tolist() for s in scenes]
@@ -360,7 +360,7 @@ def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
     with torch.no_grad():
         expected = pipe.text_encoder(torch.cat([dreambooth.encode_prompt_ids(pipe.tokenizer, p) for p in prompts]))[0]
     assert torch.equal(parts["instance_embeddings"], expected)
-    states = dreambooth.prompt_embeddings(parts, torch.tensor([2, 0]))
+    states = dreambooth.batch_encoder_hidden_states(parts, torch.tensor([2, 0]))
     assert torch.equal(states[0], expected[2]) and torch.equal(states[1], expected[0])
 
     plain = DreamBoothConfig(instance_data_dir=str(folder), with_prior_preservation=False)
@@ -422,7 +422,7 @@ def test_the_model_learns_the_instance_images(data, tmp_path):
 
     def instance_loss(unet, pipe):
         images = dreambooth.load_images(config.instance_data_dir, 64)
-        latents = dreambooth.encode_images(pipe.vae, dreambooth.images_to_tensor(pipe.image_processor, images, 64))
+        latents = dreambooth.encode_images(pipe.vae, dreambooth.preprocess_images(pipe.image_processor, images, 64))
         generator = torch.Generator("cpu").manual_seed(123)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, 1000, (len(latents),), generator=generator)
@@ -638,7 +638,7 @@ def test_cli_bad_config_is_a_short_error(tmp_path, capsys):
 
 
 def test_concept_is_one_star_in_one_colour_in_varied_scenes():
-    scenes = dreambooth_eval.concept_scenes(8, seed=0, colour="yellow")
+    scenes = dreambooth_eval.subject_scenes(8, seed=0, colour="yellow")
     objects = [scene.objects[0] for scene in scenes]
     assert all(len(s.objects) == 1 and s.background != "yellow" for s in scenes)
     assert {o.shape for o in objects} == {world.HELDOUT_SHAPE} and {o.colour for o in objects} == {"yellow"}

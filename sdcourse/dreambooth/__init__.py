@@ -85,7 +85,7 @@ from .data import (  # noqa: F401
     encode_images,
     encode_prompt_ids,
     generate_class_images,
-    images_to_tensor,
+    preprocess_images,
     load_images,
     load_instance_data,
     prepare_data,
@@ -111,7 +111,7 @@ from .model import (  # noqa: F401
     validation_grid,
 )
 from .step import (  # noqa: F401
-    prompt_embeddings,
+    batch_encoder_hidden_states,
     training_loss,
 )
 from .checkpoints import (  # noqa: F401
@@ -120,14 +120,12 @@ from .checkpoints import (  # noqa: F401
     checkpoint_step,
     find_resume_checkpoint,
     register_lora_checkpoint_hooks,
-    save_checkpoint,
+    save_run_checkpoint,
 )
 from .export import (  # noqa: F401
     diffusers_lora_names,
-    export,
+    export_model,
     hub_base_model,
-    identifier_rate,
-    loss_weighting,
     model_card,
     push_to_hub,
     save_lora_output,
@@ -135,8 +133,9 @@ from .export import (  # noqa: F401
 )
 from .loop import (  # noqa: F401
     DreamBoothResult,
-    Training,
+    DreamBoothTraining,
     make_accelerator,
+    prior_class_images,
     save_validation_grid,
     setup_training,
     train_dreambooth,

@@ -32,7 +32,7 @@ def checkpoint_step(folder: Path) -> int:
     return int(json.loads(state.read_text())["global_step"])
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, config: DreamBoothConfig) -> Path:
+def save_run_checkpoint(accelerator, run_dir: Path, step: int, config: DreamBoothConfig) -> Path:
     """accelerate's full state (weights in safetensors, optimizer, lr scheduler, sampler, RNG)
     written to a temporary folder and renamed when complete; the oldest are pruned."""
     final = run_dir / f"checkpoint-{step}"

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import torch
 
-from .config import CARD_TAG, LR_SCHEDULERS, MIXED_PRECISION, DreamBoothConfig, DreamBoothWarning, _words, identifier_words
+from .config import (
+    CARD_TAG,
+    LR_SCHEDULERS,
+    MIXED_PRECISION,
+    DreamBoothConfig,
+    DreamBoothWarning,
+    _words,
+    identifier_words,
+)
 
 
 def check_config(config: DreamBoothConfig) -> None:

@@ -215,14 +215,13 @@ class DreamBoothConfig:
 # (full, LoRA) learning rates when learning_rate is None.
 DEFAULT_LEARNING_RATES = {
     "sd": (5e-6, 1e-4),  # diffusers' train_dreambooth.py and train_dreambooth_lora.py
-    "mini": (1.5e-4, 3e-3),  # mini-SD is small, was trained at 8e-4, and gets a few hundred steps
+    "mini": (1.5e-4, 3e-3),  # mini-SD is small (trained at 8e-4) and gets a few hundred steps
 }
 
 
-# (full, LoRA) learning-rate schedules when lr_scheduler is None. On mini-SD a LoRA at a constant
-# rate ended wherever its last noisy steps left it (concept 0.47-0.93 and class drop 0.07-0.20 over
-# seeds 0-2); decayed to zero along a cosine, all three seeds learned the star (0.70-0.73) within
-# the class bar. Full fine-tuning under the cosine learned less of the star (0.47 at 1.5e-4).
+# (full, LoRA) learning-rate schedules when lr_scheduler is None. On mini-SD a LoRA at a constant rate
+# ends wherever its last noisy steps leave it; decayed to zero along a cosine it learns the star on
+# every training seed within the class bar. Full fine-tuning learns less of the star under the cosine.
 DEFAULT_LR_SCHEDULERS = {
     "sd": ("constant", "constant"),  # diffusers' train_dreambooth.py and train_dreambooth_lora.py
     "mini": ("constant", "cosine"),
@@ -232,21 +231,14 @@ DEFAULT_LR_SCHEDULERS = {
 # Hardware presets. Each sets only what the hardware decides; the subject stays yours.
 PRESETS = {
     # mini-SD on a laptop CPU: 64 px, small batches, a few hundred steps (a few minutes).
-    # mini-SD's text encoder never saw "sks" (its embedding is still the random init): it reads
-    # "a sks shape" almost as the class prompt "a shape" (distance 2 vs 18 for "a red shape"), so
-    # prior preservation pulled the subject back to the class. Pivotal tuning learns the "sks"
-    # embedding and leaves the rest of the text encoder alone (training all of it cost ~25 points
-    # of class accuracy). LoRA rank 16 on the convolutions, feed-forwards and block projections:
-    # on the attention projections alone it never drew the star (0 %); concept over 30 seeds
-    # after 600 steps: attention + blocks 0.57, blocks 0.73, convolutions alone 0.83 (but class
-    # accuracy 0.37 instead of 0.56). Offset noise as in mini-SD's
-    # training. Not min-SNR weighting with an x0 floor (snr_gamma=5, snr_floor=0.2): it lifted the
-    # concept of full fine-tuning to 20–60 % in three runs, but also the class drift.
-    # With captions and class prompts that name colours and backgrounds (`concept_settings`),
-    # prior_loss_weight 2 (1: class 0.74 LoRA; 3: concept 0.5) and the identifier at 1e-2 (5e-3:
-    # full fine-tuning's concept 0.6) kept the class within ~10 points (chapter 5, section 8).
-    # On the mini-SD with a layout stage, measured over training seeds 0-2, the identifier at 3e-2
-    # (1e-2: LoRA concept 0.40 at seed 0) and the schedules of DEFAULT_LR_SCHEDULERS (warm-up 50).
+    # mini-SD's text encoder never saw "sks" (a random embedding that reads almost as the class
+    # prompt "a shape"), so pivotal tuning learns the identifier's embedding and leaves the rest of
+    # the text encoder alone (training all of it costs class accuracy). LoRA rank 16 on the
+    # convolutions, feed-forwards and block projections, where a new outline is drawn: on the
+    # attention projections alone it never drew the star. Offset noise as in mini-SD's training;
+    # plain MSE, since min-SNR weighting lifted the concept but also the class drift.
+    # prior_loss_weight, the identifier's learning rate and the warm-up balance the concept against
+    # the class (chapter 5, section 8). CHANGELOG.md has the measurements behind each value.
     "cpu-mini": dict(
         model="mini", resolution=64, train_batch_size=4, max_train_steps=600, learning_rate=None, rank=16,
         lora_target_modules=LORA_UNET_BLOCK_TARGETS, train_identifier_embedding=True,

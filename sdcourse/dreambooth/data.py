@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ..latents import seeded_generator
 from .config import DreamBoothConfig, DreamBoothWarning, _words, identifier_words, model_name, trains_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -86,7 +87,7 @@ def load_instance_data(config: DreamBoothConfig, resolution: int) -> tuple[list[
     return list(images.values()), prompts
 
 
-def images_to_tensor(image_processor, images: list[Image.Image], resolution: int) -> torch.Tensor:
+def preprocess_images(image_processor, images: list[Image.Image], resolution: int) -> torch.Tensor:
     """Resize (shorter side to `resolution`), centre-crop and scale to [-1, 1]: (N, 3, res, res)."""
     return image_processor.preprocess(images, height=resolution, width=resolution, resize_mode="crop")
 
@@ -118,7 +119,7 @@ def generate_class_images(pipe, config: DreamBoothConfig, resolution: int, progr
     pipe.set_progress_bar_config(disable=True)
     batches = [missing[i : i + config.sample_batch_size] for i in range(0, len(missing), config.sample_batch_size)]
     for batch in tqdm(batches, desc="class images", disable=not progress):
-        generators = [torch.Generator("cpu").manual_seed(i) for i in batch]
+        generators = [seeded_generator(i) for i in batch]
         images = pipe(
             [class_prompt_of(config, i) for i in batch], height=resolution, width=resolution,
             num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
@@ -184,8 +185,8 @@ def prepare_data(base, config: DreamBoothConfig, instance_images, instance_promp
     inputs (prompt ids, or embeddings when cached)."""
     from diffusers import DDPMScheduler
 
-    instance = images_to_tensor(base.image_processor, instance_images, resolution)
-    prior = images_to_tensor(base.image_processor, class_images, resolution) if class_images else None
+    instance = preprocess_images(base.image_processor, instance_images, resolution)
+    prior = preprocess_images(base.image_processor, class_images, resolution) if class_images else None
     if config.cache_latents:
         instance = encode_images(base.vae, instance).cpu()
         prior = encode_images(base.vae, prior).cpu() if prior is not None else None

@@ -27,7 +27,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .loop import DreamBoothResult, Training
+    from .loop import DreamBoothResult, DreamBoothTraining
 
 
 def save_lora_output(folder: Path, unet, text_encoder) -> None:
@@ -89,13 +89,13 @@ def usage_code(config: DreamBoothConfig) -> str:
     return code
 
 
-def identifier_rate(config: DreamBoothConfig) -> str:
+def _identifier_rate(config: DreamBoothConfig) -> str:
     if not config.train_identifier_embedding:
         return "no"
     return f"yes, {', '.join(identifier_words(config))} at learning rate {config.identifier_learning_rate:g}"
 
 
-def loss_weighting(config: DreamBoothConfig) -> str:
+def _loss_weighting(config: DreamBoothConfig) -> str:
     if config.snr_gamma is None:
         return "plain MSE"
     floor = f", x0 weight ≥ {config.snr_floor:g}" if config.snr_floor else ""
@@ -119,7 +119,7 @@ def model_card(config: DreamBoothConfig, resolution: int, n_instance: int, globa
         prior = f"{config.num_class_images} images of {prompts}, weight {config.prior_loss_weight}"
     rows = [
         ("base model", name), ("method", f"DreamBooth, {kind}"), ("text encoder trained", config.train_text_encoder),
-        ("identifier embedding learned", identifier_rate(config)),
+        ("identifier embedding learned", _identifier_rate(config)),
         ("instance images", n_instance),
         ("instance prompts", f"one caption per image (*{config.caption_extension})" if config.caption_extension
          else repr(config.instance_prompt)),
@@ -129,7 +129,7 @@ def model_card(config: DreamBoothConfig, resolution: int, n_instance: int, globa
         ("learning rate", f"{config.lr:g} ({config.schedule}"
                           + (")" if config.schedule == "constant" else f", warm-up {config.lr_warmup_steps})")),
         ("mixed precision", config.mixed_precision), ("8-bit Adam", config.use_8bit_adam),
-        ("gradient checkpointing", config.gradient_checkpointing), ("loss weighting", loss_weighting(config)),
+        ("gradient checkpointing", config.gradient_checkpointing), ("loss weighting", _loss_weighting(config)),
         ("seed", config.seed),
         ("training time (last sitting)", f"{seconds:.0f} s"),
         ("final loss", f"{final_loss:.4f}" if final_loss is not None else "-"),
@@ -155,7 +155,8 @@ def push_to_hub(folder, repo_id: str, private: bool = False) -> str:
     return str(url)
 
 
-def export(training: Training, config: DreamBoothConfig, n_instance: int, result: DreamBoothResult) -> Path:
+def export_model(training: DreamBoothTraining, config: DreamBoothConfig, n_instance: int,
+                 result: DreamBoothResult) -> Path:
     """Write the finished model (diffusers folder or LoRA weights), a validation grid and the
     model card to a temporary folder, then rename it to output_dir; push it if asked."""
     out = Path(config.output_dir)

@@ -19,13 +19,30 @@ from .checkpoints import (
     checkpoint_step,
     find_resume_checkpoint,
     register_lora_checkpoint_hooks,
-    save_checkpoint,
+    save_run_checkpoint,
 )
-from .checks import check_8bit_adam, check_config, check_device, check_identifier, check_output_dir, check_resolution, expected_device
+from .checks import (
+    check_8bit_adam,
+    check_config,
+    check_device,
+    check_identifier,
+    check_output_dir,
+    check_resolution,
+    expected_device,
+)
 from .config import DreamBoothConfig, trains_text
 from .data import generate_class_images, load_images, load_instance_data, prepare_data
-from .export import export
-from .model import load_base_pipeline, make_optimizer, model_resolution, param_groups, prepare_models, sampling_pipeline, trained_pipeline, validation_grid
+from .export import export_model
+from .model import (
+    load_base_pipeline,
+    make_optimizer,
+    model_resolution,
+    param_groups,
+    prepare_models,
+    sampling_pipeline,
+    trained_pipeline,
+    validation_grid,
+)
 from .step import training_loss
 
 
@@ -54,7 +71,7 @@ class DreamBoothResult:
 
 
 @dataclass
-class Training:
+class DreamBoothTraining:
     """What the loop works with, as `setup_training` prepared it (models wrapped by accelerate)."""
 
     accelerator: object
@@ -89,7 +106,7 @@ def make_accelerator(config: DreamBoothConfig):
 
 
 def setup_training(base, config: DreamBoothConfig, accelerator, instance_images, instance_prompts, class_images,
-                   resolution) -> Training:
+                   resolution) -> DreamBoothTraining:
     """Models, data, optimizer and learning-rate schedule, wrapped by accelerate."""
     from diffusers.optimization import get_scheduler
 
@@ -112,7 +129,8 @@ def setup_training(base, config: DreamBoothConfig, accelerator, instance_images,
     parts["unet"] = modules[0]
     if trains_text(config):
         parts["text_encoder"] = modules[1]
-    return Training(accelerator, base, modules, parts, params, optimizer, lr_scheduler, dataloader, resolution)
+    return DreamBoothTraining(accelerator, base, modules, parts, params, optimizer, lr_scheduler, dataloader,
+                              resolution)
 
 
 def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_step: int | None = None
@@ -141,19 +159,10 @@ def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_st
     # 2. The run folder, and class images for prior preservation (made once, by the main process).
     config.run_path.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
-        for stale in config.run_path.glob("tmp-checkpoint-*"):  # a checkpoint cut off by a crash
+        # a checkpoint cut off by a crash, or one a crash kept from being replaced
+        for stale in [*config.run_path.glob("tmp-checkpoint-*"), *config.run_path.glob("checkpoint-*.old")]:
             shutil.rmtree(stale)
-    class_images = None
-    if config.with_prior_preservation:
-        if accelerator.is_main_process:
-            for module in (base.unet, base.vae, base.text_encoder):
-                module.to(accelerator.device)  # float32 weights, computed in mixed precision under autocast
-            with accelerator.autocast():
-                pipe = sampling_pipeline(base, base.unet, base.text_encoder)
-                generate_class_images(pipe, config, resolution, progress)
-        accelerator.wait_for_everyone()
-        class_images = load_images(config.class_path, resolution, "class_data_dir", ignore=("class_images.json",))
-        class_images = class_images[: config.num_class_images]
+    class_images = prior_class_images(base, config, accelerator, resolution, progress)
 
     # 3. Set up, resume, train.
     training = setup_training(base, config, accelerator, instance_images, instance_prompts, class_images, resolution)
@@ -167,20 +176,37 @@ def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_st
     train_loop(training, config, result, stop, progress)
     if result.global_step < config.max_train_steps:  # this sitting ends early
         if not (config.run_path / f"checkpoint-{result.global_step}").is_dir():
-            save_checkpoint(accelerator, config.run_path, result.global_step, config)
+            save_run_checkpoint(accelerator, config.run_path, result.global_step, config)
         return result
 
     # 4. The finished model, written to a temporary folder and renamed into place.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        result.output_dir = export(training, config, len(instance_images), result)
+        result.output_dir = export_model(training, config, len(instance_images), result)
     accelerator.wait_for_everyone()
     result.finished = True
     accelerator.end_training()
     return result
 
 
-def train_loop(training: Training, config: DreamBoothConfig, result: DreamBoothResult, stop: int, progress: bool):
+def prior_class_images(base, config: DreamBoothConfig, accelerator, resolution: int, progress: bool) -> list | None:
+    """The class images for prior preservation (None without it), made by the base model on the
+    main process when `class_data_dir` is short of them."""
+    if not config.with_prior_preservation:
+        return None
+    if accelerator.is_main_process:
+        for module in (base.unet, base.vae, base.text_encoder):
+            module.to(accelerator.device)  # float32 weights, computed in mixed precision under autocast
+        with accelerator.autocast():
+            pipe = sampling_pipeline(base, base.unet, base.text_encoder)
+            generate_class_images(pipe, config, resolution, progress)
+    accelerator.wait_for_everyone()
+    class_images = load_images(config.class_path, resolution, "class_data_dir", ignore=("class_images.json",))
+    return class_images[: config.num_class_images]
+
+
+def train_loop(training: DreamBoothTraining, config: DreamBoothConfig, result: DreamBoothResult, stop: int,
+               progress: bool):
     """Optimisation steps from result.global_step to `stop`: loss, backward, step; then log,
     checkpoint and validate. Epoch e's batch order comes from (seed, e), so a resumed run
     skips into the epoch where it left off."""
@@ -225,7 +251,7 @@ def train_loop(training: Training, config: DreamBoothConfig, result: DreamBoothR
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{training.lr_scheduler.get_last_lr()[0]:.2g}")
             if global_step % config.checkpointing_steps == 0 or global_step == stop < config.max_train_steps:
-                save_checkpoint(accelerator, config.run_path, global_step, config)
+                save_run_checkpoint(accelerator, config.run_path, global_step, config)
             if config.validation_prompts and global_step % config.validation_steps == 0 and accelerator.is_main_process:
                 result.validation_grids.append(save_validation_grid(training, config, global_step))
             if global_step >= stop:
@@ -240,7 +266,7 @@ def train_loop(training: Training, config: DreamBoothConfig, result: DreamBoothR
         result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(accelerator.device))
 
 
-def save_validation_grid(training: Training, config: DreamBoothConfig, global_step: int) -> Path:
+def save_validation_grid(training: DreamBoothTraining, config: DreamBoothConfig, global_step: int) -> Path:
     for module in training.modules:
         module.eval()
     grid = validation_grid(trained_pipeline(training), config, training.resolution, training.accelerator.autocast)

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from ..latents import seeded_generator
 from ..text import learn_token_embeddings
 from .checks import bitsandbytes_problem, check_8bit_adam
 from .config import LORA_TEXT_ENCODER_TARGETS, DreamBoothConfig, DreamBoothWarning, identifier_words
 
 if TYPE_CHECKING:
-    from .loop import Training
+    from .loop import DreamBoothTraining
 
 IDENTIFIER_EMBEDDINGS = "identifier_embeddings.safetensors"  # pivotal tuning's learned token embeddings
 
@@ -201,7 +202,7 @@ def validation_grid(pipe, config: DreamBoothConfig, resolution: int, autocast) -
 
     images = []
     for prompt in config.validation_prompts:
-        generators = [torch.Generator("cpu").manual_seed(s) for s in range(config.num_validation_images)]
+        generators = [seeded_generator(s) for s in range(config.num_validation_images)]
         with autocast():
             images += pipe(
                 [prompt] * config.num_validation_images, height=resolution, width=resolution,
@@ -211,7 +212,7 @@ def validation_grid(pipe, config: DreamBoothConfig, resolution: int, autocast) -
     return make_image_grid(images, rows=len(config.validation_prompts), cols=config.num_validation_images)
 
 
-def trained_pipeline(training: Training):
+def trained_pipeline(training: DreamBoothTraining):
     """A sampling pipeline from the modules as they are now."""
     unwrap = training.accelerator.unwrap_model
     text_encoder = training.base.text_encoder

@@ -39,7 +39,7 @@ def training_loss(batch: dict, parts: dict, config: DreamBoothConfig, generator:
 
     # 3. The prompt of each example: its instance prompt, then its class prompt.
     prior_prompt = batch["prior_prompt"] if config.with_prior_preservation else None
-    encoder_hidden_states = prompt_embeddings(parts, batch["instance_prompt"], prior_prompt)
+    encoder_hidden_states = batch_encoder_hidden_states(parts, batch["instance_prompt"], prior_prompt)
 
     # 4. Predict the noise (or velocity, for v-prediction models) and compare.
     noise_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
@@ -57,7 +57,7 @@ def training_loss(batch: dict, parts: dict, config: DreamBoothConfig, generator:
     return instance_loss + config.prior_loss_weight * prior_loss
 
 
-def prompt_embeddings(parts: dict, instance_prompt: torch.Tensor, prior_prompt: torch.Tensor | None = None
+def batch_encoder_hidden_states(parts: dict, instance_prompt: torch.Tensor, prior_prompt: torch.Tensor | None = None
                       ) -> torch.Tensor:
     """encoder_hidden_states for a batch: each instance example's prompt, then each class
     example's (`instance_prompt`, `prior_prompt`: indices into the instance and class prompts)."""
