@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sdcourse import models, quality, sampling, world
+from sdcourse.latents import seeded_generator
 
 OUT = Path(__file__).parent / "results" / "binding.json"
 SEEDS = (0, 1)
@@ -34,7 +35,7 @@ def x0_arrangement_by_step(pipe, scenes, seeds=SEEDS, steps=STEPS, guidance_scal
     frames = []  # per seed: one list of decoded x̂0 images per step (sampling.text2img: the pipeline's loop)
     for seed in seeds:
         frames.append(sampling.text2img(pipe, prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
-                                        generator=quality.generators([seed] * len(prompts)), return_x0=True,
+                                        generator=[seeded_generator(seed) for _ in prompts], return_x0=True,
                                         progress=False).x0_frames)
     masks = [world.render(s).masks for s in scenes]
     expected = [[np.array(world.COLOURS[o.colour], float) for o in s.objects] for s in scenes]

@@ -66,9 +66,9 @@ def cpu_model(name: str):
 
 def prepare_cpu_data(workdir: Path, model: str) -> None:
     """Instance images and class images (batch 4 + 4 class images per step), made once per model."""
-    from sdcourse import dreambooth
+    from sdcourse import dreambooth, dreambooth_eval
 
-    dreambooth.write_concept_images(workdir / "instance", n=8)
+    dreambooth_eval.write_concept_images(workdir / "instance", n=8)
     config = cpu_config({}, workdir, 1, cpu_model(model))
     dreambooth.generate_class_images(dreambooth.load_base_pipeline(config.model), config, 64, progress=False)
 
@@ -114,18 +114,18 @@ def mini_preset_runs() -> list[dict]:
     """The "cpu-mini" preset end to end on mini-SD (class images included), and what it learned."""
     from diffusers import StableDiffusionPipeline
 
-    from sdcourse import dreambooth, load_pipeline
+    from sdcourse import dreambooth, dreambooth_eval, load_pipeline
 
     before = load_pipeline("mini", device="cpu")
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
-        dreambooth.write_concept_images(workdir / "instance", n=8, caption_extension=".txt")
+        dreambooth_eval.write_concept_images(workdir / "instance", n=8, caption_extension=".txt")
         for use_lora, prior in ((True, True), (False, True), (True, False)):
             config = dreambooth.DreamBoothConfig.from_preset(
                 "cpu-mini", instance_data_dir=str(workdir / "instance"), use_lora=use_lora,
                 with_prior_preservation=prior, output_dir=str(workdir / f"out-{use_lora}-{prior}"),
-                **dreambooth.concept_settings(),
+                **dreambooth_eval.concept_settings(),
             )
             started = time.perf_counter()
             result = dreambooth.train_dreambooth(config, progress=False)
@@ -138,7 +138,7 @@ def mini_preset_runs() -> list[dict]:
             rows.append({
                 "use_lora": use_lora, "with_prior_preservation": prior, "steps": result.global_step,
                 "seconds_with_class_images": round(seconds, 1), "train_seconds": round(result.train_seconds, 1),
-                "report": dreambooth.concept_report(before, after),
+                "report": dreambooth_eval.concept_report(before, after),
             })
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
@@ -163,7 +163,7 @@ def gpu_mode(steps: int) -> list[dict]:
     import torch
     from PIL import Image
 
-    from sdcourse import dreambooth, world
+    from sdcourse import dreambooth, dreambooth_eval, world
     from sdcourse.testing import real_pipeline
 
     device = torch.device("cuda")
@@ -172,7 +172,7 @@ def gpu_mode(steps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
         (workdir / "instance").mkdir()
-        for i, scene in enumerate(dreambooth.concept_scenes(4)):
+        for i, scene in enumerate(dreambooth_eval.subject_scenes(4)):
             world.render_pil(scene).resize((512, 512), Image.BICUBIC).save(workdir / "instance" / f"{i}.png")
         for name, (preset, changes) in GPU_CONFIGURATIONS.items():
             gc.collect()

@@ -7,11 +7,11 @@ from . import models
 
 
 def cmd_generate(args):
-    import torch
+    from .latents import seeded_generator
 
     pipe = models.load_pipeline(args.model, task="text2img", device=args.device)
     pipe.set_progress_bar_config(disable=args.quiet)
-    generator = torch.Generator("cpu").manual_seed(args.seed)
+    generator = seeded_generator(args.seed)
     images = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,

@@ -32,17 +32,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from sdcourse.latents import psnr_from_mse
-from sdcourse.plotting import image_grid, to_pil
+from .latents import psnr_from_mse, seeded_generator
+from .plotting import image_grid, to_pil
 
 # --------------------------------------------------------------------------- shared checks
-
-
-def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator: the same seed gives the same noise on every device."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    return torch.Generator("cpu").manual_seed(int(seed))
 
 
 def require_pipeline_argument(pipe, argument: str, task: str) -> None:

@@ -92,7 +92,7 @@ def text_conditioning(pipe) -> Figure:
     return figure
 
 
-def classifier_free_guidance(pipe, guidance_scale: float = 7.5) -> Figure:
+def guidance_step(pipe, guidance_scale: float = 7.5) -> Figure:
     """Chapter 3: one UNet call on [uncond, text], split, mixed by the guidance formula, one scheduler step."""
     s = _sizes(pipe)
     figure, ax = _canvas(12, 3.8, "Classifier-free guidance at every step")

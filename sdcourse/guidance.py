@@ -8,7 +8,7 @@ Classifier-free guidance (Ho & Salimans, 2022) walks from the first towards the 
     noise_pred = noise_pred_uncond + guidance_scale · (noise_pred_text − noise_pred_uncond)
 
 0 is the unconditional model, 1 the text-conditioned one, 7.5 (SD's default) much "more
-of the prompt". `cfg_grid` shows it as pictures; `adherence_curve` measures it with the judge.
+of the prompt". `cfg_grid` shows it as pictures; `sdcourse.quality.adherence_curve` measures it.
 
 diffusers' pipelines switch guidance off for `guidance_scale <= 1` (they run the UNet on the
 text only), so through a pipeline every scale in [0, 1] gives the text-only image.
@@ -21,13 +21,11 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from sdcourse.judge import judge_many
-from sdcourse.models import images_per_batch
-from sdcourse.plotting import image_grid
+from .latents import seeded_generator
+from .plotting import image_grid
 
 # diffusers' pipelines check `height % 8` and `width % 8` themselves, whatever the VAE factor.
 PIPELINE_SIZE_MULTIPLE = 8
@@ -105,11 +103,6 @@ def _check_pipeline_size(name: str, value) -> None:
         )
 
 
-def _generators(seeds) -> list[torch.Generator]:
-    """One CPU generator per seed: a batch of them gives image k the same noise as a call with seed k alone."""
-    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-
 # --------------------------------------------------------------------------- grids
 
 
@@ -171,7 +164,7 @@ def cfg_grid(
             prompt,
             negative_prompt=negative_prompt,
             num_images_per_prompt=len(seeds),
-            generator=_generators(seeds),
+            generator=[seeded_generator(seed) for seed in seeds],
             guidance_scale=scale,
             num_inference_steps=num_inference_steps,
             height=height,
@@ -180,73 +173,3 @@ def cfg_grid(
         images.append(output.images)
     figure = cfg_grid_figure(images, scales, seeds, title=prompt)
     return GridResult(images=images, figure=figure, scales=scales, seeds=seeds)
-
-
-# --------------------------------------------------------------------------- adherence
-
-
-def adherence_curve(
-    pipe,
-    prompts,
-    scales,
-    seeds,
-    judge_fn=judge_many,
-    steps: int = 25,
-    batch_size: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """How well images follow their prompts, per guidance scale: {scale: judge_fn(images, prompts)}.
-
-    Every prompt is rendered with every seed at every scale (in batches of `batch_size`
-    images; by default as many as fit a 16 GB GPU at the model's image size,
-    `models.images_per_batch`: 32 at 64 px, 4 at 512 px), and each scale's images are graded together. With the default judge each value
-    holds "n", "accuracy", "all_correct" and one accuracy per attribute the prompts name
-    ("background", "count", "colour", "shape", "size", "position").
-    """
-    prompts = _check_prompts(prompts)
-    scales = _check_scales(scales)
-    seeds = _check_seeds(seeds)
-    if batch_size is None:
-        batch_size = images_per_batch(pipe)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    if not progress:
-        pipe.set_progress_bar_config(disable=True)
-
-    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
-    job_prompts = [prompt for prompt, _ in jobs]
-    curve = {}
-    for scale in tqdm(scales, desc="guidance scales", disable=not progress):
-        images = []
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
-            output = pipe(
-                [prompt for prompt, _ in batch],
-                generator=_generators([seed for _, seed in batch]),
-                guidance_scale=scale,
-                num_inference_steps=steps,
-            )
-            images.extend(output.images)
-        curve[scale] = judge_fn(images, job_prompts)
-    return curve
-
-
-def plot_adherence(curve: dict, attributes=None) -> Figure:
-    """Accuracy (%) against guidance scale, one line per attribute of an `adherence_curve` result."""
-    if not curve:
-        raise ValueError("curve is empty: pass the dict that adherence_curve returns.")
-    scales = sorted(curve)
-    if attributes is None:
-        # Every accuracy the judge reported ("n" is a count, not an accuracy).
-        attributes = [key for key in curve[scales[0]] if key != "n"]
-    figure = Figure(figsize=(5, 3.2), layout="constrained")
-    ax = figure.subplots()
-    for attribute in attributes:
-        values = [100 * curve[scale][attribute] if attribute in curve[scale] else float("nan") for scale in scales]
-        ax.plot(scales, values, marker="o", label=attribute)
-    ax.set_xlabel("guidance scale")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return figure

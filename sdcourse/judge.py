@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from sdcourse.world import (
+from .world import (
     CLASS_NOUN,
     COLOURS,
     IMAGE_SIZE,

@@ -12,6 +12,7 @@ which is what the UNet sees.
 """
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -185,9 +186,10 @@ def reconstruction_error(vae, images) -> dict:
     }
 
 
-def psnr_from_mse(mse: float) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1] (infinite for a perfect copy)."""
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB from a mean squared error: images in [0, 1] (`peak=1`) or
+    0-255 (`peak=255`); infinite for a perfect copy."""
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
 def show_channels(
@@ -222,6 +224,14 @@ def show_channels(
     scale = "one shared colour scale" if shared_scale else "each channel on its own colour scale"
     fig.suptitle(f"{n} latent channels, {channels.shape[1]}×{channels.shape[2]} ({scale})")
     return fig
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the same seed gives the same noise on every device. A list of them, one
+    per image, gives image k of a batch the noise that seed k alone would give."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    return torch.Generator("cpu").manual_seed(int(seed))
 
 
 def noise_latents(

@@ -1,4 +1,5 @@
-"""Measured quality of a model family on the shapes world (mini-SD's model card and tests).
+"""Measured quality of a model family on the shapes world (mini-SD's model card and tests), and
+prompt adherence against guidance scale (chapter 3).
 
 Each function generates with a standard diffusers pipeline and grades the result against
 ground truth from `sdcourse.world`, with the independent `sdcourse.judge`. Same prompts,
@@ -6,14 +7,19 @@ same seeds, same numbers on every CPU run.
 """
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from . import judge, world
+from .guidance import _check_prompts, _check_scales, _check_seeds
+from .latents import psnr_from_mse, seeded_generator
+from .models import images_per_batch
+from .plotting import as_array
 
 EVAL_SEED = 12345  # scenes for evaluation; training uses other seeds
 HELDOUT_SEED = 4242  # scenes that no setting (e.g. UPSCALE_GUIDANCE) was chosen on
@@ -31,17 +37,10 @@ def eval_scenes(n: int, two_objects: bool | None = None, seed: int = EVAL_SEED) 
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images (or masked pixel sets)."""
+    """PSNR in dB between two uint8 images or masked pixel sets (`conditioning.image_psnr` compares
+    whole images of any kind); infinite for identical pixels."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
-
-
-def generators(seeds) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-
-
-def as_array(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return psnr_from_mse(float(mse), peak=255.0)
 
 
 def generate(pipe, prompts, seeds, guidance_scale=7.5, steps=25, batch_size=16) -> list:
@@ -50,7 +49,7 @@ def generate(pipe, prompts, seeds, guidance_scale=7.5, steps=25, batch_size=16) 
     for start in range(0, len(prompts), batch_size):
         images += pipe(
             prompts[start : start + batch_size], num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=generators(seeds[start : start + batch_size]),
+            generator=[seeded_generator(int(s)) for s in seeds[start : start + batch_size]],
         ).images
     return images
 
@@ -148,7 +147,7 @@ def inpaint_quality(pipe, scenes, seed=0, steps=25, guidance_scale=7.5) -> dict:
         target = recoloured(scene, 0, rng)
         image = pipe(
             world.caption(target), image=Image.fromarray(render.image), mask_image=Image.fromarray(mask),
-            num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators([seed + i])[0],
+            num_inference_steps=steps, guidance_scale=guidance_scale, generator=seeded_generator(seed + i),
             height=render.image.shape[0], width=render.image.shape[1],
         ).images[0]
         out = as_array(image)
@@ -166,7 +165,7 @@ def depth2img_quality(pipe, scenes, seed=0, steps=25, guidance_scale=7.5) -> dic
         image = pipe(
             world.caption(scene), image=start, depth_map=torch.from_numpy(render.depth)[None],
             strength=1.0, num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=generators([seed + i])[0],
+            generator=seeded_generator(seed + i),
         ).images[0]
         found = judge.detect(as_array(image)).objects
         silhouette = np.zeros_like(render.depth, dtype=bool)
@@ -178,10 +177,8 @@ def depth2img_quality(pipe, scenes, seed=0, steps=25, guidance_scale=7.5) -> dic
 
 
 # An upscaler takes what to draw from its low-res image; guidance pushes every step toward the
-# prompt's idea instead. Chosen on eval_scenes(64, seed=UPSCALE_TUNING_SEED) (neither the card's
-# scenes nor HELDOUT_SEED's), noise level 20: PSNR 29.61 dB at guidance 1, 29.67 at 1.5, 29.46 at 2
-# (bicubic 27.67). Tune where you do not report: the previous upscaler (2500 steps) won by 0.1 dB on
-# the scenes its guidance was chosen on and lost by 1.0 dB on HELDOUT_SEED's (notebook 4).
+# prompt's idea instead. Chosen on eval_scenes(64, seed=UPSCALE_TUNING_SEED), neither the card's
+# scenes nor HELDOUT_SEED's: tune where you do not report (CHANGELOG.md has the sweep).
 UPSCALE_TUNING_SEED = 777
 UPSCALE_GUIDANCE = 1.5
 
@@ -194,7 +191,7 @@ def upscale_quality(pipe, scenes, seed=0, steps=25, guidance_scale=UPSCALE_GUIDA
         low = Image.fromarray(render.low_res)
         image = pipe(
             world.caption(scene), image=low, num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=generators([seed + i])[0],
+            generator=seeded_generator(seed + i),
         ).images[0]
         out = as_array(image)
         ours.append(psnr(out, render.image))
@@ -202,3 +199,73 @@ def upscale_quality(pipe, scenes, seed=0, steps=25, guidance_scale=UPSCALE_GUIDA
         right.append(judge.judge(out, world.caption(scene)).correct)
     return dict(n=len(scenes), psnr=float(np.mean(ours)), psnr_bicubic=float(np.mean(bicubic)),
                 judged_right=float(np.mean(right)))
+
+
+# --------------------------------------------------------------------------- adherence
+
+
+def adherence_curve(
+    pipe,
+    prompts,
+    scales,
+    seeds,
+    judge_fn=judge.judge_many,
+    steps: int = 25,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """How well images follow their prompts, per guidance scale: {scale: judge_fn(images, prompts)}.
+
+    Every prompt is rendered with every seed at every scale (in batches of `batch_size`
+    images; by default as many as fit a 16 GB GPU at the model's image size,
+    `sdcourse.models.images_per_batch`: 32 at 64 px, 4 at 512 px), and each scale's images are graded together. With the default judge each value
+    holds "n", "accuracy", "all_correct" and one accuracy per attribute the prompts name
+    ("background", "count", "colour", "shape", "size", "position").
+    """
+    prompts = _check_prompts(prompts)
+    scales = _check_scales(scales)
+    seeds = _check_seeds(seeds)
+    if batch_size is None:
+        batch_size = images_per_batch(pipe)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    if not progress:
+        pipe.set_progress_bar_config(disable=True)
+
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    job_prompts = [prompt for prompt, _ in jobs]
+    curve = {}
+    for scale in tqdm(scales, desc="guidance scales", disable=not progress):
+        images = []
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            output = pipe(
+                [prompt for prompt, _ in batch],
+                generator=[seeded_generator(seed) for _, seed in batch],
+                guidance_scale=scale,
+                num_inference_steps=steps,
+            )
+            images.extend(output.images)
+        curve[scale] = judge_fn(images, job_prompts)
+    return curve
+
+
+def plot_adherence(curve: dict, attributes=None) -> Figure:
+    """Accuracy (%) against guidance scale, one line per attribute of an `adherence_curve` result."""
+    if not curve:
+        raise ValueError("curve is empty: pass the dict that adherence_curve returns.")
+    scales = sorted(curve)
+    if attributes is None:
+        # Every accuracy the judge reported ("n" is a count, not an accuracy).
+        attributes = [key for key in curve[scales[0]] if key != "n"]
+    figure = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = figure.subplots()
+    for attribute in attributes:
+        values = [100 * curve[scale][attribute] if attribute in curve[scale] else float("nan") for scale in scales]
+        ax.plot(scales, values, marker="o", label=attribute)
+    ax.set_xlabel("guidance scale")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return figure

@@ -32,8 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdcourse.guidance import check_guidance_scale, classifier_free_guidance, rescale_guidance
-from sdcourse.world import COLOURS
+from .guidance import check_guidance_scale, classifier_free_guidance, rescale_guidance
+from .plotting import to_pil
 
 
 @dataclass
@@ -109,18 +109,6 @@ def _check_generator(generator, batch_size: int):
             f"generator is a list of {len(generator)} generators but the batch has {batch_size} images: "
             "pass one generator per prompt, or a single generator."
         )
-
-
-def _as_pil(image, name: str = "image") -> Image.Image:
-    """A PIL image, or an (H, W, 3) array (uint8 0–255, or float 0–1), as an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"{name} must be a PIL image or an (H, W, 3) RGB array, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.floating):
-        array = np.round(np.clip(array, 0, 1) * 255)
-    return Image.fromarray(array.astype(np.uint8))
 
 
 def _as_mask_array(mask) -> np.ndarray:
@@ -240,7 +228,7 @@ def image_to_latents(pipe, image, generator=None, sample: bool = True) -> torch.
     `sample=True` draws from the VAE's latent distribution with `generator`, as diffusers'
     img2img does (a list of generators gives one draw each); `sample=False` takes its mean.
     """
-    pixels = pipe.image_processor.preprocess(_as_pil(image))
+    pixels = pipe.image_processor.preprocess(to_pil(image))
     pixels = pixels.to(device=pipe.device, dtype=pipe.vae.dtype)
     latent_dist = pipe.vae.encode(pixels).latent_dist
     if not sample:
@@ -255,14 +243,13 @@ def image_to_latents(pipe, image, generator=None, sample: bool = True) -> torch.
 def colour_loss(target_rgb) -> Callable[[torch.Tensor], torch.Tensor]:
     """A loss that is 0 when every pixel has the colour `target_rgb`: mean |pixel − colour|.
 
-    The fastai deep dive's "blue loss", for any colour. `target_rgb` is a colour name of the
-    shapes world ("red") or an (R, G, B) triple in 0–255. The loss takes decoded images
+    The fastai deep dive's "blue loss", for any colour. `target_rgb` is an (R, G, B) triple in
+    0–255 (a shapes-world colour: `world.COLOURS["blue"]`). The loss takes decoded images
     (batch, 3, H, W) in [0, 1].
     """
     if isinstance(target_rgb, str):
-        if target_rgb not in COLOURS:
-            raise ValueError(f"Unknown colour {target_rgb!r}; choose one of {sorted(COLOURS)} or pass (R, G, B).")
-        target_rgb = COLOURS[target_rgb]
+        raise ValueError(f"target_rgb={target_rgb!r} is a name: pass its (R, G, B) values in 0–255, "
+                         f"e.g. sdcourse.world.COLOURS[{target_rgb!r}] for a shapes-world colour.")
     rgb = tuple(float(value) for value in target_rgb)
     if len(rgb) != 3 or not all(0 <= value <= 255 for value in rgb):
         raise ValueError(f"target_rgb must be three values in 0–255, got {target_rgb!r}")
@@ -403,7 +390,7 @@ def text2img(
 
     `prompt` is a string or a list (one image each); `generator` one torch.Generator or one
     per prompt. `callback(step_index, timestep, latents, x0)` runs after every step.
-    `loss_fn(images) -> loss` (e.g. `colour_loss("red")`) turns on loss guidance every
+    `loss_fn(images) -> loss` (e.g. `colour_loss((220, 40, 40))`) turns on loss guidance every
     `loss_every` steps with strength `loss_scale`. Guidance: see `uses_guidance`.
     """
     prompts, negative_prompts = _check_prompts(prompt, negative_prompt)
@@ -499,7 +486,7 @@ def img2img(
     guidance_rescale = _check_rescale(guidance_rescale)
     if not 0 <= strength <= 1:
         raise ValueError(f"strength={strength} must be in [0, 1]: 0 keeps the image, 1 ignores it.")
-    image = _as_pil(image)
+    image = to_pil(image)
     _image_size(pipe, image)
     batch_size = len(prompts)
     _check_generator(generator, batch_size)
@@ -567,7 +554,7 @@ def inpaint_by_blending(
     num_inference_steps = _check_steps(num_inference_steps)
     guidance_scale = check_guidance_scale(guidance_scale)
     guidance_rescale = _check_rescale(guidance_rescale)
-    image = _as_pil(image)
+    image = to_pil(image)
     width, height = _image_size(pipe, image)
     mask = _as_mask_array(mask)
     if mask.shape != (height, width):

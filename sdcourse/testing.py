@@ -25,9 +25,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-from sdcourse.models import PIPELINE_CLASSES, TASKS, UNET_IN_CHANNELS
-from sdcourse.schedulers import SCHEDULERS, SD_SCHEDULER_CONFIG, make_scheduler  # noqa: F401  (re-exported for tests)
-from sdcourse.tokenizer import load_tokenizer
+from .models import PIPELINE_CLASSES, TASKS, UNET_IN_CHANNELS
+from .schedulers import SCHEDULERS, SD_SCHEDULER_CONFIG, make_scheduler  # noqa: F401  (re-exported for tests)
+from .tokenizer import load_tokenizer
 
 LAYOUTS = ("sd15", "sd21", "sd21-base")
 SD2_LAYOUTS = ("sd21", "sd21-base")

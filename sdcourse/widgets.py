@@ -33,15 +33,15 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdcourse import latents as latent_tools
-from sdcourse.attention import overlay, trace
-from sdcourse.conditioning import (
+from . import latents as latent_tools
+from .attention import overlay, trace
+from .conditioning import (
     check_strength,
     prepare_image,
     require_pipeline_argument,
-    seeded_generator,
 )
-from sdcourse.guidance import check_guidance_scale
+from .guidance import check_guidance_scale
+from .latents import seeded_generator
 
 DISPLAY_SIZE = 256  # pixels: small images are enlarged (nearest neighbour) to about this size
 WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"  # what widget frontends render

@@ -25,12 +25,12 @@ def test_diagrams_write_the_models_own_sizes(pipe):
     hidden, image = pipe.text_encoder.config.hidden_size, grid * factor
     latent = f"{pipe.vae.config.latent_channels} × {grid} × {grid}"
     drawn = {name: texts(getattr(diagrams, name)(pipe)) for name in
-             ["latent_pipeline", "text_conditioning", "classifier_free_guidance", "dreambooth", "sampling_loop"]}
+             ["latent_pipeline", "text_conditioning", "guidance_step", "dreambooth", "sampling_loop"]}
     assert f"77 × {hidden}" in drawn["latent_pipeline"] and latent in drawn["latent_pipeline"]
     assert f"3 × {image} × {image}" in drawn["latent_pipeline"] and f"×{factor} per side" in drawn["latent_pipeline"]
     layers = pipe.text_encoder.config.num_hidden_layers
     assert f"{layers} layers" in drawn["text_conditioning"] and f"77 × {hidden}" in drawn["text_conditioning"]
-    assert f"2 × {latent}" in drawn["classifier_free_guidance"]
+    assert f"2 × {latent}" in drawn["guidance_step"]
     assert f"{image} px" in drawn["dreambooth"] and type(pipe.scheduler).__name__ in drawn["sampling_loop"]
 
 

@@ -21,7 +21,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from sdcourse import cli, dreambooth, world
+from sdcourse import cli, dreambooth, dreambooth_eval, world
 from sdcourse.dreambooth import DreamBoothConfig, DreamBoothWarning, train_dreambooth
 from sdcourse.models import mini_available
 from sdcourse.testing import tiny_pipeline
@@ -34,7 +34,7 @@ UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
 def data(tmp_path_factory):
     """Instance images of the concept, a shared class-image cache, and the tiny model on disk."""
     root = tmp_path_factory.mktemp("dreambooth")
-    dreambooth.write_concept_images(root / "instance", n=4)
+    dreambooth_eval.write_concept_images(root / "instance", n=4)
     tiny_pipeline().save_pretrained(root / "tiny")
     return root
 
@@ -170,7 +170,7 @@ def test_empty_instance_folder(data, tmp_path):
 def test_unreadable_files_are_skipped_with_a_warning_that_lists_them(data, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
-    world.render_pil(dreambooth.concept_scenes(1)[0]).save(folder / "good.png")
+    world.render_pil(dreambooth_eval.subject_scenes(1)[0]).save(folder / "good.png")
     (folder / "notes.txt").write_text("not an image")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.warns(DreamBoothWarning, match="skipped 2 file\\(s\\).*broken.png, notes.txt"):
@@ -206,8 +206,8 @@ def test_8bit_adam_without_bitsandbytes_full_fine_tuning_is_refused_before_anyth
     plain = next(run for run in measured if run["name"] == "full-adamw-no-checkpointing")
     assert plain["train_loop_peak_allocated_gib"] > 15  # the reason for refusing on a 16 GB card
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    monkeypatch.setattr(dreambooth, "expected_device", lambda: torch.device("cuda"))  # as on a T4
-    monkeypatch.setattr(dreambooth, "load_base_pipeline", lambda model: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(dreambooth.loop, "expected_device", lambda: torch.device("cuda"))  # as on a T4
+    monkeypatch.setattr(dreambooth.loop, "load_base_pipeline", lambda model: pytest.fail("loaded the model first"))
     config = make_config(data, tmp_path, use_8bit_adam=True, use_lora=False, mixed_precision="no")
     with pytest.raises(ValueError, match=r"bitsandbytes cannot be used.*pip install bitsandbytes.*use_lora=True"):
         train_dreambooth(config, progress=False)
@@ -336,19 +336,19 @@ def test_several_class_prompts_take_turns_in_images_and_training(data, tmp_path)
     with torch.no_grad():
         table = pipe.text_encoder(ids)[0]
     parts = {"instance_embeddings": table[:1], "prior_embeddings": table[1:]}
-    states = dreambooth.prompt_embeddings(parts, torch.tensor([0, 0]), torch.tensor([1, 0, 1]))
+    states = dreambooth.batch_encoder_hidden_states(parts, torch.tensor([0, 0]), torch.tensor([1, 0, 1]))
     assert [next(k for k in range(3) if torch.equal(state, table[k])) for state in states] == [0, 0, 2, 1, 2]
 
 
 def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
     """With caption_extension each image trains with its own caption: the dataset pairs example i
     with prompt i, and prepare_data encodes the captions in the images' order."""
-    folder = dreambooth.write_concept_images(tmp_path / "instance", n=3, caption_extension=".txt")
+    folder = dreambooth_eval.write_concept_images(tmp_path / "instance", n=3, caption_extension=".txt")
     config = DreamBoothConfig(instance_data_dir=str(folder), caption_extension=".txt", with_prior_preservation=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DreamBoothWarning)  # the caption files are not "unreadable images"
         images, prompts = dreambooth.load_instance_data(config, 64)
-    scenes = dreambooth.concept_scenes(3)
+    scenes = dreambooth_eval.subject_scenes(3)
     assert prompts == [f"a sks shape on {'an' if s.background[0] in 'aeiou' else 'a'} {s.background} background"
                        for s in scenes]
     assert [np.asarray(image).tolist() for image in images] == [np.asarray(world.render_pil(s)).tolist() for s in scenes]
@@ -360,7 +360,7 @@ def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
     with torch.no_grad():
         expected = pipe.text_encoder(torch.cat([dreambooth.encode_prompt_ids(pipe.tokenizer, p) for p in prompts]))[0]
     assert torch.equal(parts["instance_embeddings"], expected)
-    states = dreambooth.prompt_embeddings(parts, torch.tensor([2, 0]))
+    states = dreambooth.batch_encoder_hidden_states(parts, torch.tensor([2, 0]))
     assert torch.equal(states[0], expected[2]) and torch.equal(states[1], expected[0])
 
     plain = DreamBoothConfig(instance_data_dir=str(folder), with_prior_preservation=False)
@@ -369,15 +369,15 @@ def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
 
 
 def test_concept_class_prompts_name_a_colour_and_another_background():
-    prompts = dreambooth.concept_class_prompts()
+    prompts = dreambooth_eval.concept_class_prompts()
     assert len(set(prompts)) == 64
     scenes = [world.parse_caption(prompt) for prompt in prompts]
     assert all(len(s.objects) == 1 and s.objects[0].shape == world.CLASS_NOUN for s in scenes)
     assert all(s.objects[0].colour in world.COLOURS and s.background not in (None, s.objects[0].colour) for s in scenes)
     assert {s.objects[0].colour for s in scenes} == set(world.COLOURS)
-    assert dreambooth.concept_class_prompts(5) == prompts[:5]
+    assert dreambooth_eval.concept_class_prompts(5) == prompts[:5]
     with pytest.raises(ValueError, match="n=73 must be between 1 and 72"):
-        dreambooth.concept_class_prompts(73)
+        dreambooth_eval.concept_class_prompts(73)
 
 
 @pytest.mark.parametrize("problem, message", [
@@ -386,7 +386,7 @@ def test_concept_class_prompts_name_a_colour_and_another_background():
     ("suffix", "must be a file suffix such as '.txt'"),
 ])
 def test_bad_captions_are_clear_errors(data, tmp_path, problem, message):
-    folder = dreambooth.write_concept_images(tmp_path / "instance", n=2, caption_extension=".txt")
+    folder = dreambooth_eval.write_concept_images(tmp_path / "instance", n=2, caption_extension=".txt")
     extension = ".txt"
     if problem == "missing":
         (folder / "instance_01.txt").unlink()
@@ -401,7 +401,7 @@ def test_bad_captions_are_clear_errors(data, tmp_path, problem, message):
 
 
 def test_training_with_captions_says_so_in_the_model_card(data, tmp_path):
-    folder = dreambooth.write_concept_images(tmp_path / "instance", n=2, caption_extension=".txt")
+    folder = dreambooth_eval.write_concept_images(tmp_path / "instance", n=2, caption_extension=".txt")
     result = train_dreambooth(make_config(data, tmp_path, instance_data_dir=str(folder), caption_extension=".txt",
                                           use_lora=True, max_train_steps=2), progress=False)
     assert result.finished and (Path(result.output_dir) / LORA_FILE).is_file()
@@ -422,7 +422,7 @@ def test_the_model_learns_the_instance_images(data, tmp_path):
 
     def instance_loss(unet, pipe):
         images = dreambooth.load_images(config.instance_data_dir, 64)
-        latents = dreambooth.encode_images(pipe.vae, dreambooth.images_to_tensor(pipe.image_processor, images, 64))
+        latents = dreambooth.encode_images(pipe.vae, dreambooth.preprocess_images(pipe.image_processor, images, 64))
         generator = torch.Generator("cpu").manual_seed(123)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, 1000, (len(latents),), generator=generator)
@@ -479,7 +479,7 @@ def test_offset_noise_adds_one_constant_per_image_and_channel():
 
 def test_snr_weighting_reweighs_examples_by_timestep():
     """snr_gamma very large weighs every example 1 (plain MSE); gamma 5 with a floor changes the loss
-    by exactly the per-example weights of train_mini.snr_weights."""
+    by exactly the per-example weights of sdcourse.training.snr_weights."""
     pipe = tiny_pipeline()
     batch = {"instance": torch.randn(4, 4, 16, 16), "prior": torch.randn(4, 4, 16, 16),
              "instance_prompt": torch.zeros(4, dtype=torch.long), "prior_prompt": torch.zeros(4, dtype=torch.long)}
@@ -638,12 +638,12 @@ def test_cli_bad_config_is_a_short_error(tmp_path, capsys):
 
 
 def test_concept_is_one_star_in_one_colour_in_varied_scenes():
-    scenes = dreambooth.concept_scenes(8, seed=0, colour="yellow")
+    scenes = dreambooth_eval.subject_scenes(8, seed=0, colour="yellow")
     objects = [scene.objects[0] for scene in scenes]
     assert all(len(s.objects) == 1 and s.background != "yellow" for s in scenes)
     assert {o.shape for o in objects} == {world.HELDOUT_SHAPE} and {o.colour for o in objects} == {"yellow"}
     assert len({s.background for s in scenes}) >= 4 and len({o.position for o in objects}) >= 3
-    prompts = dreambooth.concept_prompts("sks", "yellow")
+    prompts = dreambooth_eval.concept_prompts("sks", "yellow")
     assert prompts["concept"] == ["a sks shape"] and len(prompts["composition"]) == len(world.COLOURS) - 1
     assert "a sks shape on a green background" in prompts["composition"]
     assert not any("yellow background" in p for p in prompts["composition"])
@@ -651,7 +651,7 @@ def test_concept_is_one_star_in_one_colour_in_varied_scenes():
 
 def test_concept_report_compares_before_and_after():
     pipe = tiny_pipeline()
-    report = dreambooth.concept_report(pipe, pipe, seeds=range(2), composition_seeds=range(1), class_seeds=range(1),
+    report = dreambooth_eval.concept_report(pipe, pipe, seeds=range(2), composition_seeds=range(1), class_seeds=range(1),
                                        num_inference_steps=2)
     assert report["before"] == report["after"] and report["class_drop"] == 0
     assert set(report["before"]) == {"concept", "composition", "class", "concept_colour"}
@@ -669,8 +669,8 @@ def mini_runs(tmp_path_factory):
     from sdcourse import load_pipeline
 
     root = tmp_path_factory.mktemp("mini-dreambooth")
-    dreambooth.write_concept_images(root / "instance", n=8, caption_extension=".txt")
-    before = dreambooth.concept_scores(load_pipeline("mini", device="cpu"))
+    dreambooth_eval.write_concept_images(root / "instance", n=8, caption_extension=".txt")
+    before = dreambooth_eval.concept_scores(load_pipeline("mini", device="cpu"))
     cache = {}
 
     def scores_after(use_lora: bool, with_prior_preservation: bool = True, max_train_steps: int | None = None) -> dict:
@@ -680,7 +680,7 @@ def mini_runs(tmp_path_factory):
             config = DreamBoothConfig.from_preset(
                 "cpu-mini", instance_data_dir=str(root / "instance"), class_data_dir=str(root / "class"),
                 output_dir=str(root / f"out-{use_lora}-{with_prior_preservation}-{max_train_steps}"), use_lora=use_lora,
-                with_prior_preservation=with_prior_preservation, **dreambooth.concept_settings(), **changes,
+                with_prior_preservation=with_prior_preservation, **dreambooth_eval.concept_settings(), **changes,
             )
             result = train_dreambooth(config, progress=False)
             if use_lora:
@@ -688,7 +688,7 @@ def mini_runs(tmp_path_factory):
                 dreambooth.load_lora_output(after, result.output_dir)
             else:
                 after = StableDiffusionPipeline.from_pretrained(result.output_dir)
-            cache[key] = dreambooth.concept_scores(after)
+            cache[key] = dreambooth_eval.concept_scores(after)
             print(f"\nuse_lora={use_lora} prior={with_prior_preservation}: {json.dumps(cache[key])}; "
                   f"{result.train_seconds:.0f} s of training")
         return cache[key]

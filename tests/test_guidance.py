@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import sdcourse.models
-from sdcourse import guidance, world
+from sdcourse import guidance, quality, world
 from sdcourse.testing import tiny_pipeline
 
 PROMPT = "a red circle on a blue background"
@@ -160,7 +160,7 @@ def test_adherence_curve_renders_every_prompt_and_seed_per_scale(pipe):
         return {"n": len(images), "colour": 0.5}
 
     counting = CountingPipe(pipe)
-    curve = guidance.adherence_curve(
+    curve = quality.adherence_curve(
         counting, prompts, [1.0, 7.5], [0, 1], judge_fn=judge_fn, steps=STEPS, batch_size=4, progress=False
     )
     assert list(curve) == [1.0, 7.5]
@@ -175,14 +175,14 @@ def test_adherence_curve_renders_every_prompt_and_seed_per_scale(pipe):
 
 def test_adherence_curve_with_the_judge_and_its_plot(pipe):
     prompts = [world.caption(scene) for scene in world.sample_scenes(4, seed=12345)]
-    curve = guidance.adherence_curve(pipe, prompts, [1.0, 7.5], [0], steps=2, progress=False)
+    curve = quality.adherence_curve(pipe, prompts, [1.0, 7.5], [0], steps=2, progress=False)
     for scale in (1.0, 7.5):
         summary = curve[scale]
         assert summary["n"] == 4
         for attribute in ("background", "colour", "shape", "accuracy"):
             assert 0.0 <= summary[attribute] <= 1.0
 
-    figure = guidance.plot_adherence(curve)
+    figure = quality.plot_adherence(curve)
     assert isinstance(figure, Figure)
     ax = figure.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
@@ -195,11 +195,11 @@ def test_adherence_curve_with_the_judge_and_its_plot(pipe):
 
 def test_adherence_curve_and_plot_reject_bad_input(pipe):
     with pytest.raises(ValueError, match="prompts is empty"):
-        guidance.adherence_curve(pipe, [], [1.0], [0], progress=False)
+        quality.adherence_curve(pipe, [], [1.0], [0], progress=False)
     with pytest.raises(ValueError, match="scale=-2"):
-        guidance.adherence_curve(pipe, [PROMPT], [-2], [0], progress=False)
+        quality.adherence_curve(pipe, [PROMPT], [-2], [0], progress=False)
     with pytest.raises(ValueError, match="curve is empty"):
-        guidance.plot_adherence({})
+        quality.plot_adherence({})
 
 
 @pytest.mark.skipif(not sdcourse.models.mini_available(), reason="mini-SD not trained yet")
@@ -210,7 +210,7 @@ def test_guidance_improves_colour_adherence_on_mini_sd():
     """The lesson of notebook 3, measured: CFG at 7.5 gets object colours right far more often than 1.0."""
     pipe = sdcourse.models.load_pipeline("mini", task="text2img", device="cpu")
     prompts = [world.caption(scene) for scene in world.sample_scenes(32, seed=12345)]
-    curve = guidance.adherence_curve(pipe, prompts, [1.0, 7.5], [0], steps=25, progress=False)
+    curve = quality.adherence_curve(pipe, prompts, [1.0, 7.5], [0], steps=25, progress=False)
     assert curve[7.5]["n"] == 32
     assert curve[7.5]["colour"] >= curve[1.0]["colour"] + 0.20, curve
     assert math.isfinite(curve[1.0]["accuracy"])
@@ -227,7 +227,7 @@ def test_images_per_batch_by_image_size_so_512_px_fits_a_t4(side, expected):
 
 def test_adherence_curve_batches_by_image_size_by_default(pipe, monkeypatch):
     counting = CountingPipe(pipe)
-    monkeypatch.setattr(guidance, "images_per_batch", lambda p: 3)
-    guidance.adherence_curve(counting, ["a red circle"] * 4, [7.5], [0, 1], judge_fn=lambda images, prompts: {},
+    monkeypatch.setattr(quality, "images_per_batch", lambda p: 3)
+    quality.adherence_curve(counting, ["a red circle"] * 4, [7.5], [0, 1], judge_fn=lambda images, prompts: {},
                              steps=1, progress=False)
     assert counting.batch_sizes == [3, 3, 2]

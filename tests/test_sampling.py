@@ -263,7 +263,7 @@ def test_colour_loss_guidance_moves_the_image_towards_the_colour(pipe, use_sched
     kwargs = dict(num_inference_steps=STEPS, progress=False)
     plain = sampling.text2img(pipe, PROMPT, generator=seeded(), **kwargs)
     for colour in ("red", "blue"):
-        loss = sampling.colour_loss(colour)
+        loss = sampling.colour_loss(world.COLOURS[colour])
         guided = sampling.text2img(pipe, PROMPT, generator=seeded(), loss_fn=loss, loss_scale=1000, **kwargs)
         before, after = loss(raw_pixels(pipe, plain.latents)), loss(raw_pixels(pipe, guided.latents))
         # Random weights cap the effect (measured at 8 steps, DDIM: red 0.282 → 0.272, blue 0.363 → 0.359); the direction is what counts.
@@ -280,9 +280,9 @@ def test_colour_loss_is_zero_on_the_colour_and_checks_its_input():
     red[:, 0] = 1
     assert float(loss(red)) == 0
     assert float(loss(torch.zeros(1, 3, 4, 4))) == pytest.approx(1 / 3)
-    assert float(sampling.colour_loss("red")(red)) > 0
-    with pytest.raises(ValueError, match="crimson"):
-        sampling.colour_loss("crimson")
+    assert float(sampling.colour_loss(world.COLOURS["red"])(red)) > 0  # the shapes world's red is not pure red
+    with pytest.raises(ValueError, match=r"target_rgb='red' is a name: .*world.COLOURS\['red'\]"):
+        sampling.colour_loss("red")
     with pytest.raises(ValueError, match="0–255"):
         sampling.colour_loss((300, 0, 0))
 
@@ -301,7 +301,7 @@ def test_colour_loss_is_zero_on_the_colour_and_checks_its_input():
         (dict(guidance_rescale=1.5), "guidance_rescale=1.5"),
         (dict(generator=[torch.Generator(), torch.Generator()]), "one generator per prompt"),
         (dict(negative_prompt=["a", "b"]), "negative_prompt has 2 entries"),
-        (dict(loss_fn=sampling.colour_loss("red"), loss_every=0), "loss_every=0"),
+        (dict(loss_fn=sampling.colour_loss(world.COLOURS["red"]), loss_every=0), "loss_every=0"),
     ],
 )
 def test_text2img_rejects_bad_input(pipe, kwargs, message):
@@ -346,6 +346,6 @@ def test_half_precision_pipeline_keeps_one_dtype_through_the_loop():
     assert dtypes == [(torch.bfloat16, torch.bfloat16)] * 3
     assert len(result.x0_frames) == 3
     guided = sampling.text2img(
-        pipe, PROMPT, num_inference_steps=3, generator=seeded(), loss_fn=sampling.colour_loss("red"), progress=False
+        pipe, PROMPT, num_inference_steps=3, generator=seeded(), loss_fn=sampling.colour_loss(world.COLOURS["red"]), progress=False
     )
     assert guided.latents.dtype == torch.bfloat16 and torch.isfinite(guided.latents.float()).all()

@@ -10,8 +10,8 @@ passed in this session. `sdcourse exercises solve|check NOTEBOOK` (sdcourse.exer
 writes an instructor's key and grades a completed notebook.
 """
 
-from sdcourse.exercises.core import RESULTS, Exercise, Result, Text
-from sdcourse.exercises.language import say, set_language
+from .core import RESULTS, Exercise, Result, Text
+from .language import say, set_language
 
 # The six chapters' notebooks, by chapter number.
 NOTEBOOKS = {
@@ -28,7 +28,7 @@ __all__ = ["NOTEBOOKS", "Exercise", "Result", "catalogue", "get", "progress", "s
 
 def catalogue() -> list[Exercise]:
     """Every exercise of the workbook, in chapter order."""
-    from sdcourse.exercises import ch1_latents, ch2_text, ch3_guidance, ch4_conditioning, ch5_dreambooth, ch6_sampling
+    from . import ch1_latents, ch2_text, ch3_guidance, ch4_conditioning, ch5_dreambooth, ch6_sampling
 
     modules = [ch1_latents, ch2_text, ch3_guidance, ch4_conditioning, ch5_dreambooth, ch6_sampling]
     return [exercise for module in modules for exercise in module.EXERCISES]

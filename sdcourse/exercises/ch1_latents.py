@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import torch
 from diffusers import DDPMScheduler
 
-from sdcourse.exercises.core import Case, Exercise, Mistake
-from sdcourse.exercises.inputs import check_image_pixels, seeded_randn
-from sdcourse.testing import SD_VAE_CONFIG, X4_UPSCALER_VAE_CONFIG
+from .core import Case, Exercise, Mistake
+from .inputs import check_image_pixels, seeded_randn
+from ..testing import SD_VAE_CONFIG, X4_UPSCALER_VAE_CONFIG
 
 # --------------------------------------------------------------------------- 1.1 attention cost
 

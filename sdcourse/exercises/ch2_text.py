@@ -2,10 +2,10 @@
 
 import torch
 
-from sdcourse.attention import cross_attention_layers
-from sdcourse.exercises.core import Case, Exercise, Mistake
-from sdcourse.exercises.inputs import seeded_randn
-from sdcourse.text import prompt_input_ids, token_and_position_embeddings
+from ..attention import cross_attention_layers
+from .core import Case, Exercise, Mistake
+from .inputs import seeded_randn
+from ..text import prompt_input_ids, token_and_position_embeddings
 
 # --------------------------------------------------------------------------- 2.1 where a word sits
 

@@ -3,8 +3,9 @@
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from sdcourse.exercises.core import Case, Exercise, Mistake, describe_difference
-from sdcourse.exercises.inputs import check_size, seeded_randn
+from ..latents import seeded_generator
+from .core import Case, Exercise, Mistake, describe_difference
+from .inputs import check_size, seeded_randn
 
 # --------------------------------------------------------------------------- 3.1 the formula
 
@@ -95,11 +96,11 @@ def _whole_loop(answer, context, steps: int = 4) -> str | None:
     pipe = context["pipe"]
     grid, size = _latent_grid(pipe), check_size(pipe)
     theirs = pipe(PROMPT, height=size, width=size, num_inference_steps=steps, guidance_scale=7.5,
-                  generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images
+                  generator=seeded_generator(0), output_type="latent").images
     states = _encoder_hidden_states(pipe)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps, device=pipe.device)
-    latents = randn_tensor((1, pipe.unet.config.in_channels, grid, grid), generator=torch.Generator("cpu").manual_seed(0),
+    latents = randn_tensor((1, pipe.unet.config.in_channels, grid, grid), generator=seeded_generator(0),
                            device=pipe.device, dtype=states.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         noise_pred = answer(pipe.unet, scheduler.scale_model_input(latents, t), t, states, 7.5)

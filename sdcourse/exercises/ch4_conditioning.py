@@ -5,9 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdcourse import world
-from sdcourse.exercises.core import Case, Exercise, Mistake
-from sdcourse.exercises.inputs import check_size, seeded_randn
+from .. import world
+from .core import Case, Exercise, Mistake
+from .inputs import check_size, seeded_randn
 
 # --------------------------------------------------------------------------- 4.1 where img2img starts
 

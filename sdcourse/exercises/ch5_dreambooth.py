@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdcourse.exercises.core import Case, Exercise, Mistake
-from sdcourse.exercises.inputs import seeded_randn
+from .core import Case, Exercise, Mistake
+from .inputs import seeded_randn
 
 # --------------------------------------------------------------------------- 5.1 a rare identifier
 

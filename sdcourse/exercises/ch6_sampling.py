@@ -2,8 +2,8 @@
 
 import torch
 
-from sdcourse.exercises.core import Case, Exercise, Mistake
-from sdcourse.exercises.inputs import seeded_randn
+from .core import Case, Exercise, Mistake
+from .inputs import seeded_randn
 
 # --------------------------------------------------------------------------- 6.1 which timesteps a sampler visits
 

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcourse.exercises import NOTEBOOKS, catalogue
-from sdcourse.exercises.core import FAILED, NOT_ATTEMPTED, PASSED, RESULTS
-from sdcourse.exercises.language import chosen, notebook_language, say
+from . import NOTEBOOKS, catalogue
+from .core import FAILED, NOT_ATTEMPTED, PASSED, RESULTS
+from .language import chosen, notebook_language, say
 
 ANSWER_CELL = re.compile(r"^# EXERCISE (\d+\.\d+)\b")
 REPORT_MARK = "SDCOURSE-EXERCISE-RESULTS "

@@ -7,14 +7,15 @@ for a 512 px model: every VAE and UNet accepts any multiple of its latent cell.
 import torch
 from PIL import Image
 
-from sdcourse import world
+from .. import world
+from ..latents import seeded_generator
 
 MAX_CHECK_SIZE = 128
 
 
 def seeded_randn(shape, seed: int, dtype=torch.float32) -> torch.Tensor:
     """Standard normal numbers of `shape`, the same on every machine for the same seed."""
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)
+    return torch.randn(shape, generator=seeded_generator(seed), dtype=dtype)
 
 
 def native_size(pipe) -> int:

@@ -22,7 +22,6 @@ The UNet stages also run on a GPU (`device="cuda"`): the same recipe and noise (
 not bit-identical arithmetic. CHANGELOG.md keeps the measured history of each choice.
 """
 
-from ..training import snr_weights  # noqa: F401  (sdcourse.dreambooth imports it from here until it uses training)
 from .config import (  # noqa: F401
     MAX_NOISE_LEVEL,
     SCALING_FACTOR,

@@ -53,7 +53,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
         m.to(device)
     text_encoder.to(device)
     vae.to(device)
-    optimizer = make_optimizer(modules, no_decay, stage_recipe.lr)
+    optimizer = _make_optimizer(modules, no_decay, stage_recipe.lr)
     ema = EMA(modules, stage_recipe.ema_decay)
     parts = UNetParts(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
                       noise_scheduler=DDPMScheduler(**noise_scheduler_config()), data=data, latents=latents,
@@ -106,7 +106,7 @@ def trained_modules(stage_recipe: UNetRecipe, unet, text_encoder, tokenizer) -> 
     return {"unet": unet, "text_encoder": text_encoder}, [embeddings]
 
 
-def make_optimizer(modules: dict, no_decay: list, lr: float) -> torch.optim.AdamW:
+def _make_optimizer(modules: dict, no_decay: list, lr: float) -> torch.optim.AdamW:
     """AdamW over every trainable parameter, with weight decay except on `no_decay` (the learned word
     embeddings: decay would shrink every word's embedding, not just the trained ones)."""
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
