@@ -15,9 +15,11 @@ value); both start with `name=value`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -106,12 +108,16 @@ def positive_int(value, name: str) -> int:
     return whole(value, name, minimum=1)
 
 
-def size(value, name: str, multiple: int = 1) -> int:
-    """An image side in pixels: a positive whole number and a multiple of `multiple`."""
-    value = positive_int(value, name)
-    if value % multiple:
-        lower, upper = max(multiple, value // multiple * multiple), (value // multiple + 1) * multiple
-        raise ValueError(f"{name}={value} must be a multiple of {multiple}: use {name}={lower} or {name}={upper}.")
+def size(value, name: str, multiple: int = 1, why: str = "") -> int:
+    """An image side in pixels: a positive whole number and a multiple of `multiple` (`why` says who needs it)."""
+    value = whole(value, name, minimum=-(2**63))
+    if value < 1 or value % multiple:
+        lower = max(multiple, value // multiple * multiple)
+        upper = max(2 * multiple, (value // multiple + 1) * multiple)
+        why = f" ({why})" if why else ""
+        raise ValueError(
+            f"{name}={value} must be a positive multiple of {multiple}{why}: use {name}={lower} or {name}={upper}."
+        )
     return value
 
 
@@ -164,12 +170,12 @@ def _levels_to_uint8(levels: np.ndarray, name: str, sixteen_bit: bool) -> np.nda
     if np.issubdtype(levels.dtype, np.floating):
         if not np.isfinite(levels).all():
             raise ValueError(f"{name} contains NaN or infinite values.")
-        if levels.size and (levels.min() < 0 or levels.max() > 1):
+        if levels.size and (levels.min() < -0.01 or levels.max() > 1.01):  # rounding errors pass, clipped
             raise ValueError(
                 f"{name} holds floats in [{levels.min():.3g}, {levels.max():.3g}]; float images must be in [0, 1] "
                 "(divide 0–255 values by 255)."
             )
-        return np.round(levels * 255).astype(np.uint8)
+        return np.round(np.clip(levels, 0, 1) * 255).astype(np.uint8)
     lowest, highest = (int(levels.min()), int(levels.max())) if levels.size else (0, 0)
     if sixteen_bit or highest > 255:
         if lowest < 0 or highest > 65535:
@@ -254,6 +260,15 @@ def _readable(character: str) -> bool:
     return code < 0x250 or 0x2000 <= code < 0x2070  # Latin + Latin-1 + Latin Extended; general punctuation
 
 
+def _first_frame_outside_sdcourse() -> int:
+    """The `stacklevel` that points a warning at the learner's line, whichever sdcourse function warned."""
+    package = str(Path(__file__).parent)
+    frame, level = inspect.currentframe().f_back, 1  # the frame of the function that warns
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def prompt(value, name: str = "prompt", allow_list: bool = True) -> list[str]:
     """The prompt(s) as a list of strings, with a warning for characters CLIP cannot read.
 
@@ -277,6 +292,6 @@ def prompt(value, name: str = "prompt", allow_list: bool = True) -> list[str]:
                 f"({''.join(unreadable)!r}): the tokenizer cuts them into byte fragments with almost no "
                 f"meaning, so the model sees {sees}. Write the prompt in English.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_first_frame_outside_sdcourse(),
             )
     return list(prompts)

@@ -298,6 +298,8 @@ def hub_answers() -> bool:
 
 def mini_available(task: str = "text2img") -> bool:
     """True when the shipped mini-SD has the model for `task`."""
+    if task not in MINI_UNET_FOLDERS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}.")
     return (MINI_DIR / "model_index.json").is_file() and (MINI_DIR / MINI_UNET_FOLDERS[task]).is_dir()
 
 

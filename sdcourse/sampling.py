@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
+from sdcourse import checks
 from sdcourse.guidance import check_guidance_scale, classifier_free_guidance, rescale_guidance
 from sdcourse.world import COLOURS
 
@@ -59,11 +60,9 @@ class SamplingResult:
 
 def _check_prompts(prompt, negative_prompt) -> tuple[list[str], list[str]]:
     """The prompts and negative prompts as two lists of the same length."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = checks.prompt(prompt, "prompt")
     if not prompts:
         raise ValueError("prompt is an empty list: pass a string or a list of at least one prompt.")
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r}")
     if negative_prompt is None:
         negative_prompts = [""] * len(prompts)
     elif isinstance(negative_prompt, str):
@@ -87,6 +86,7 @@ def _check_steps(num_inference_steps) -> int:
 
 
 def _check_rescale(guidance_rescale) -> float:
+    guidance_rescale = checks.finite(guidance_rescale, "guidance_rescale", example=0.7)
     if not 0 <= guidance_rescale <= 1:
         raise ValueError(f"guidance_rescale={guidance_rescale} must be in [0, 1] (0 = off; the paper uses 0.7).")
     return float(guidance_rescale)
@@ -95,12 +95,7 @@ def _check_rescale(guidance_rescale) -> float:
 def _check_size(pipe, name: str, value: int) -> None:
     """Images must shrink to a whole number of latent cells."""
     factor = pipe.vae_scale_factor
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
-        nearest = max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) else factor
-        raise ValueError(
-            f"{name}={value} must be a positive multiple of {factor}: the VAE shrinks images {factor}× "
-            f"into latents (pipe.vae_scale_factor). Try {name}={nearest}."
-        )
+    checks.size(value, name, factor, why=f"the VAE shrinks images {factor}× into latents, pipe.vae_scale_factor")
 
 
 def _check_generator(generator, batch_size: int):
@@ -112,21 +107,14 @@ def _check_generator(generator, batch_size: int):
 
 
 def _as_pil(image, name: str = "image") -> Image.Image:
-    """A PIL image, or an (H, W, 3) array (uint8 0–255, or float 0–1), as an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"{name} must be a PIL image or an (H, W, 3) RGB array, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.floating):
-        array = np.round(np.clip(array, 0, 1) * 255)
-    return Image.fromarray(array.astype(np.uint8))
+    """A PIL image (any mode, see `checks.to_rgb`), or an array (uint8 0–255, uint16, float 0–1), as RGB."""
+    return checks.to_rgb(image if isinstance(image, Image.Image) else np.asarray(image), name)
 
 
 def _as_mask_array(mask) -> np.ndarray:
     """A mask as a float (H, W) array in [0, 1]; white / 1 / True marks what to repaint."""
-    if isinstance(mask, Image.Image):
-        return np.asarray(mask.convert("L"), dtype=np.float32) / 255
+    if isinstance(mask, Image.Image):  # an RGBA mask is read from its alpha channel
+        return np.asarray(checks.mask_image(mask), dtype=np.float32) / 255
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     array = np.asarray(mask)
@@ -137,6 +125,8 @@ def _as_mask_array(mask) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255
     array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError("mask contains NaN or infinite values: pass values in [0, 1] (1 = repaint).")
     if array.min() < 0 or array.max() > 1:
         raise ValueError(f"mask values must lie in [0, 1] (1 = repaint), got [{array.min()}, {array.max()}]")
     return array
@@ -283,6 +273,7 @@ def loss_guidance_step(pipe, latents, noise_pred, timestep, loss_fn, loss_scale:
     the latents: latents −= loss_scale · grad. Euler-type latents are x0 + σ·ε, so there the
     step is also multiplied by σ², as in the fastai deep dive.
     """
+    loss_scale = checks.finite(loss_scale, "loss_scale", example=100)
     scheduler = pipe.scheduler
     with torch.enable_grad():
         latents = latents.detach().requires_grad_(True)
@@ -410,8 +401,8 @@ def text2img(
     num_inference_steps = _check_steps(num_inference_steps)
     guidance_scale = check_guidance_scale(guidance_scale)
     guidance_rescale = _check_rescale(guidance_rescale)
-    if loss_every < 1:
-        raise ValueError(f"loss_every={loss_every} must be at least 1.")
+    loss_scale = checks.finite(loss_scale, "loss_scale", example=100)
+    loss_every = checks.positive_int(loss_every, "loss_every")
     default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height = default_size if height is None else height
     width = default_size if width is None else width
@@ -452,6 +443,8 @@ def img2img_timesteps(scheduler, num_inference_steps: int, strength: float, devi
     strength 1 runs them all (from pure noise), strength 0 none. Schedulers that count their
     steps are told where they start (`set_begin_index`).
     """
+    num_inference_steps = _check_steps(num_inference_steps)
+    strength = checks.finite(strength, "strength", low=0, high=1)
     scheduler.set_timesteps(num_inference_steps, device=device)
     init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
     t_start = max(num_inference_steps - init_timestep, 0)
@@ -497,6 +490,7 @@ def img2img(
     num_inference_steps = _check_steps(num_inference_steps)
     guidance_scale = check_guidance_scale(guidance_scale)
     guidance_rescale = _check_rescale(guidance_rescale)
+    strength = checks.finite(strength, "strength", example=0.6)
     if not 0 <= strength <= 1:
         raise ValueError(f"strength={strength} must be in [0, 1]: 0 keeps the image, 1 ignores it.")
     image = _as_pil(image)
