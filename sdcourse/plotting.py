@@ -206,7 +206,7 @@ def _frames_as_pil(frames) -> list[Image.Image]:
 def gif_bytes(frames, fps: float = 4, loop: int = 0) -> bytes:
     """The frames as an animated GIF (loop=0: forever). PIL merges identical consecutive
     frames into one longer frame."""
-    fps = checks.finite(fps, "fps", example=4)
+    checks.finite(fps, "fps", example=4)
     loop = checks.whole(loop, "loop")
     if fps <= 0:
         raise ValueError(f"fps={fps} must be positive.")
