@@ -17,8 +17,8 @@ def check_generate_args(args) -> None:
             raise ValueError(f"{option} {value}: must be at least 1.")
     if args.size is not None and (args.size < 1 or args.size % 8):
         nearest = max(8, round(args.size / 8) * 8)
-        raise ValueError(f"--size {args.size}: must be a positive multiple of 8 (the pipelines need it), e.g. --size {nearest}.")
-    checks.finite(args.guidance_scale, "--guidance-scale", low=0)
+        raise ValueError(f"--size {args.size}: must be a positive multiple of 8 (pipelines need it), e.g. --size {nearest}.")
+    checks.finite(args.guidance_scale, "--guidance-scale", low=0, example=7.5)
     check_output_path(args.output)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -318,6 +318,12 @@ def interpolate(latents_a: torch.Tensor, latents_b: torch.Tensor, n: int, method
     return [slerp(latents_a, latents_b, float(t)) for t in ts]
 
 
+def _side_pair(size, name: str, vae_factor: int) -> tuple[int, int]:
+    """A size in pixels (an int, or (height, width)) as two positive multiples of the VAE factor."""
+    height, width = (size, size) if isinstance(size, numbers.Integral) else checks.as_list(size, name, "(512, 512)")
+    return checks.size(height, name, vae_factor), checks.size(width, name, vae_factor)
+
+
 def attention_cost_ratio(size_a, size_b, vae_factor: int = 8) -> dict:
     """Why diffusion runs on latents: self-attention compares every token with every other,
     so its cost grows with the square of the token count.
@@ -330,10 +336,8 @@ def attention_cost_ratio(size_a, size_b, vae_factor: int = 8) -> dict:
       (4096 for SD's factor 8).
     """
     vae_factor = checks.positive_int(vae_factor, "vae_factor")
-    height_a, width_a = (size_a, size_a) if isinstance(size_a, numbers.Integral) else checks.as_list(size_a, "size_a", "(512, 512)")
-    height_b, width_b = (size_b, size_b) if isinstance(size_b, numbers.Integral) else checks.as_list(size_b, "size_b", "(512, 512)")
-    for name, side in (("size_a", height_a), ("size_a", width_a), ("size_b", height_b), ("size_b", width_b)):
-        checks.size(side, name, vae_factor)
+    height_a, width_a = _side_pair(size_a, "size_a", vae_factor)
+    height_b, width_b = _side_pair(size_b, "size_b", vae_factor)
     tokens_a, tokens_b = height_a * width_a, height_b * width_b
     latent_tokens_a = (height_a // vae_factor) * (width_a // vae_factor)
     return {

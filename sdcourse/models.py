@@ -181,7 +181,7 @@ def check_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device={device!r} is not a device torch knows: use 'cpu', 'cuda' or 'mps', or None.") from None
+        raise ValueError(f"device={device!r} is not a device torch knows: use 'cpu', 'cuda', 'mps' or None.") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
@@ -214,7 +214,7 @@ def pick_dtype(device: torch.device, dtype=None) -> torch.dtype:
             raise ValueError(f"dtype={dtype!r} is not a dtype sdcourse loads: use one of {', '.join(DTYPES)}, or None.")
         dtype = DTYPES[key]
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype={dtype!r} must be torch.float32, torch.float16 or torch.bfloat16 (or its name), or None.")
+        raise ValueError(f"dtype={dtype!r} must be torch.float32, torch.float16, torch.bfloat16, a name or None.")
     return dtype
 
 
@@ -419,9 +419,10 @@ def check_folder(folder: Path, task: str) -> Path:
                 f"name={str(folder)!r}: {component}/ holds no .safetensors weights (sdcourse loads safetensors only): "
                 "save with pipe.save_pretrained(folder) (safe_serialization is the default)."
             )
-    unet_config = json.loads((folder / "unet" / "config.json").read_text()) if (folder / "unet" / "config.json").is_file() else {}
-    if unet_config.get("in_channels", UNET_IN_CHANNELS[task]) != UNET_IN_CHANNELS[task]:
-        check_unet_channels_count(unet_config["in_channels"], str(folder), task)
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file():  # a text-to-image folder asked to inpaint is refused before it loads
+        in_channels = json.loads(unet_config.read_text()).get("in_channels", UNET_IN_CHANNELS[task])
+        check_unet_channels_count(in_channels, str(folder), task)
     return folder
 
 
