@@ -19,6 +19,8 @@ def check_generate_args(args) -> None:
         nearest = max(8, round(args.size / 8) * 8)
         raise ValueError(f"--size {args.size}: must be a positive multiple of 8 (pipelines need it), e.g. --size {nearest}.")
     checks.finite(args.guidance_scale, "--guidance-scale", low=0, example=7.5)
+    if not -(2**63) <= args.seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"--seed {args.seed}: must lie in [-2**63, 2**64), e.g. --seed 0.")
     check_output_path(args.output)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -63,6 +63,8 @@ def _image_size(image) -> tuple[int, int]:
         return image.height, image.width
     if isinstance(image, np.ndarray):
         return image.shape[0], image.shape[1]
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}.")
     return image.shape[-2], image.shape[-1]
 
 
@@ -130,6 +132,8 @@ def encode(vae, images, sample: bool = False, generator: torch.Generator | None 
 @torch.no_grad()
 def decode_pixels(vae, latents: torch.Tensor) -> torch.Tensor:
     """Un-scale latents and run the VAE decoder: a (B, 3, H, W) tensor, roughly in [-1, 1]."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a torch tensor (what encode returns), got {type(latents).__name__}.")
     if latents.ndim == 3:
         latents = latents[None]
     channels = vae.config.latent_channels

@@ -75,6 +75,8 @@ def _show(ax, array: np.ndarray, cmap: str) -> None:
 
 
 def _check_length(name: str, values, expected: int, what: str) -> None:
+    if isinstance(values, str):  # its letters would become the titles
+        raise TypeError(f"{name}={values!r} is one string: pass a list of one per {what[:-1]}, e.g. {name}=[{values!r}].")
     if values is not None and len(values) != expected:
         raise ValueError(f"{name} has {len(values)} entries but there are {expected} {what}; give one per {what[:-1]}.")
 
@@ -95,10 +97,8 @@ def image_grid(
     `row_titles` / `col_titles` label the rows (left) and columns (top), e.g. seeds and
     guidance scales.
     """
-    images = list(images)
+    images = checks.as_list(images, "images", example="[image_a, image_b]")
     n = len(images)
-    if n == 0:
-        raise ValueError("images is empty: pass at least one image.")
     rows = None if rows is None else checks.positive_int(rows, "rows")
     cols = None if cols is None else checks.positive_int(cols, "cols")
     figsize_per = checks.finite(figsize_per, "figsize_per", low=0.1, example=2.0)

@@ -99,6 +99,13 @@ def _check_size(pipe, name: str, value: int) -> None:
 
 
 def _check_generator(generator, batch_size: int):
+    """None, one torch.Generator, or a list of one per image (a seed alone is the usual slip)."""
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(
+            f"generator={generator!r} is not a torch.Generator: pass generator=torch.Generator('cpu').manual_seed(0) "
+            "(a seed alone does not work), a list of one per prompt, or None."
+        )
     if isinstance(generator, list) and len(generator) != batch_size:
         raise ValueError(
             f"generator is a list of {len(generator)} generators but the batch has {batch_size} images: "
@@ -106,9 +113,15 @@ def _check_generator(generator, batch_size: int):
         )
 
 
+def _check_latents(latents) -> None:
+    """None, or a finite tensor of starting latents (NaN there would give a black image, silently)."""
+    if latents is not None and not (isinstance(latents, torch.Tensor) and torch.isfinite(latents).all()):
+        raise ValueError("latents must be a finite torch tensor (e.g. from torch.randn), or None for fresh noise.")
+
+
 def _as_pil(image, name: str = "image") -> Image.Image:
     """A PIL image (any mode, see `checks.to_rgb`), or an array (uint8 0–255, uint16, float 0–1), as RGB."""
-    return checks.to_rgb(image if isinstance(image, Image.Image) else np.asarray(image), name)
+    return checks.to_rgb(np.asarray(image) if isinstance(image, (list, tuple)) else image, name)
 
 
 def _as_mask_array(mask) -> np.ndarray:
@@ -173,6 +186,7 @@ def initial_latents(pipe, batch_size, height, width, dtype, generator=None, late
         latents = randn_tensor(shape, generator=generator, device=pipe.device, dtype=dtype)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {shape} for this size and batch")
+
     return latents.to(pipe.device) * pipe.scheduler.init_noise_sigma
 
 
@@ -409,6 +423,7 @@ def text2img(
     _check_size(pipe, "height", height)
     _check_size(pipe, "width", width)
     _check_generator(generator, len(prompts))
+    _check_latents(latents)
 
     with torch.no_grad():
         guidance = uses_guidance(guidance_scale)
