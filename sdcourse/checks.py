@@ -112,12 +112,10 @@ def size(value, name: str, multiple: int = 1, why: str = "") -> int:
     """An image side in pixels: a positive whole number and a multiple of `multiple` (`why` says who needs it)."""
     value = whole(value, name, minimum=-(2**63))
     if value < 1 or value % multiple:
-        lower = max(multiple, value // multiple * multiple)
-        upper = max(2 * multiple, (value // multiple + 1) * multiple)
+        lower, upper = value // multiple * multiple, (value // multiple + 1) * multiple
+        fix = f"use {name}={lower} or {name}={upper}" if lower > 0 else f"e.g. {name}={upper if value > 0 else multiple}"
         why = f" ({why})" if why else ""
-        raise ValueError(
-            f"{name}={value} must be a positive multiple of {multiple}{why}: use {name}={lower} or {name}={upper}."
-        )
+        raise ValueError(f"{name}={value} must be a positive multiple of {multiple}{why}: {fix}.")
     return value
 
 

@@ -60,8 +60,8 @@ def require_pipeline_argument(pipe, argument: str, task: str) -> None:
 
 
 def prepare_image(pipe, image, name: str = "image") -> Image.Image:
-    """`image` (PIL, or a uint8 / float [0, 1] array) as an RGB PIL image whose sides are
-    multiples of the VAE factor (`pipe.vae_scale_factor`).
+    """`image` (PIL in any mode, or a uint8 / float [0, 1] array) as an RGB PIL image whose sides
+    are multiples of the VAE factor (`pipe.vae_scale_factor`); transparent pixels become white.
 
     The pipelines would otherwise crop or resize it silently to the nearest multiple below.
     """

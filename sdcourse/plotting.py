@@ -51,7 +51,8 @@ def as_array(image, name: str = "image") -> np.ndarray:
 
 
 def to_pil(image, name: str = "image") -> Image.Image:
-    """An image (PIL or array) as an RGB PIL image."""
+    """An image (PIL in any mode, or an array) as an RGB PIL image: 16-bit grey keeps its levels,
+    transparent pixels show white (see `checks.to_rgb`)."""
     array = as_array(image, name)
     if array.dtype != np.uint8:
         array = np.round(array * 255).astype(np.uint8)
