@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from PIL import Image
+
+from . import checks
 from .plotting import overlay_heatmap
 
 
@@ -297,6 +299,7 @@ def _check_options(pipe, chosen, heads, resolutions, timesteps):
         if not resolutions or not all(isinstance(r, int) and r > 0 for r in resolutions):
             raise ValueError(f"resolutions={resolutions} must be latent grid sizes such as {{16, 8}}, or None for all.")
     if timesteps is not None:
+        timesteps = checks.number_list(timesteps, "timesteps", example="(500, 999)")
         if len(timesteps) != 2:
             raise ValueError(f"timesteps={timesteps!r} must be a (low, high) range such as (500, 999), or None.")
         timesteps = (min(timesteps), max(timesteps))

@@ -2,14 +2,64 @@
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from . import models
+
+
+def check_generate_args(args) -> None:
+    """Refuse every bad option of `sdcourse generate` before a model loads, in the options' own words."""
+    from . import checks
+
+    for option, value in (("--steps", args.steps), ("--num-images", args.num_images)):
+        if value < 1:
+            raise ValueError(f"{option} {value}: must be at least 1.")
+    if args.size is not None and (args.size < 1 or args.size % 8):
+        nearest = max(8, round(args.size / 8) * 8)
+        raise ValueError(f"--size {args.size}: must be a positive multiple of 8 (pipelines need it), e.g. --size {nearest}.")
+    checks.finite(args.guidance_scale, "--guidance-scale", low=0, example=7.5)
+    if not -(2**63) <= args.seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"--seed {args.seed}: must lie in [-2**63, 2**64), e.g. --seed 0.")
+    check_output_path(args.output)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checks.prompt(args.prompt, "prompt")
+        checks.prompt(args.negative_prompt or "", "--negative-prompt")
+    for warning in caught:  # one plain line each, not Python's file:line warning format
+        print(f"sdcourse: warning: {warning.message}", file=sys.stderr)
+
+
+def check_output_path(output: Path) -> None:
+    """The image file to write: not a folder, in a folder that exists and can be written, with an
+    extension PIL can save (checked before generating, so no image is made in vain)."""
+    import os
+
+    from PIL import Image
+
+    if output.is_dir():
+        raise ValueError(f"-o {output} is a folder: give a file name in it, e.g. -o {output / 'out.png'}.")
+    folder = output.parent
+    if not folder.is_dir():
+        raise ValueError(f"-o {output}: the folder {folder} does not exist; create it first (mkdir -p {folder}).")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"-o {output}: the folder {folder} cannot be written; choose another place.")
+    Image.init()
+    saveable = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+    if output.suffix.lower() not in saveable:
+        what = f"{output.suffix} is not an image format PIL can write" if output.suffix else "the name has no extension"
+        raise ValueError(f"-o {output}: {what}; end it in .png, .jpg or .webp, e.g. -o {output.with_suffix('.png')}.")
 
 
 def cmd_generate(args):
     from .latents import seeded_generator
 
+    check_generate_args(args)
     pipe = models.load_pipeline(args.model, task="text2img", device=args.device)
+    if args.size is not None:
+        from . import checks
+
+        checks.size(args.size, "--size", pipe.vae_scale_factor)
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = seeded_generator(args.seed)
     images = pipe(

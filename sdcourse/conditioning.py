@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from . import checks
 from .latents import psnr_from_mse, seeded_generator
 from .plotting import image_grid, to_pil
 
@@ -52,8 +53,8 @@ def require_pipeline_argument(pipe, argument: str, task: str) -> None:
 
 
 def prepare_image(pipe, image, name: str = "image") -> Image.Image:
-    """`image` (PIL, or a uint8 / float [0, 1] array) as an RGB PIL image whose sides are
-    multiples of the VAE factor (`pipe.vae_scale_factor`).
+    """`image` (PIL in any mode, or a uint8 / float [0, 1] array) as an RGB PIL image whose sides
+    are multiples of the VAE factor (`pipe.vae_scale_factor`); transparent pixels become white.
 
     The pipelines would otherwise crop or resize it silently to the nearest multiple below.
     """
@@ -154,11 +155,12 @@ def strength_sweep(
     `callback_on_step_end` is passed to every call (e.g. to count the steps that run).
     """
     require_pipeline_argument(pipe, "strength", "img2img")
+    checks.prompt(prompt, "prompt", allow_list=False)
     image = prepare_image(pipe, image)
-    strengths = list(strengths)
-    if not strengths:
-        raise ValueError("strengths is empty: pass at least one strength, e.g. strengths=(0.3, 0.6, 1.0).")
+    strengths = checks.number_list(strengths, "strengths", example="(0.3, 0.6, 1.0)")
     steps = [check_strength(strength, num_inference_steps) for strength in strengths]
+    seeded_generator(seed)
+    checks.finite(guidance_scale, "guidance_scale", low=0, example=7.5)
     _silence(pipe, progress)
 
     images = []
@@ -195,8 +197,8 @@ def as_mask_image(mask, name: str = "mask") -> Image.Image:
     - float: in [0, 1].
     The pipeline binarises at one half: a soft mask becomes a hard one.
     """
-    if isinstance(mask, Image.Image):
-        return mask.convert("L")
+    if isinstance(mask, Image.Image):  # RGBA: read from its alpha channel (checks.mask_image)
+        return checks.mask_image(mask, name)
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     if not isinstance(mask, np.ndarray):
@@ -275,6 +277,9 @@ def inpaint(
     from the noised original and keep more of it.
     """
     require_pipeline_argument(pipe, "mask_image", "inpaint")
+    checks.prompt(prompt, "prompt")
+    checks.finite(guidance_scale, "guidance_scale", low=0, example=7.5)
+    seeded_generator(seed)
     image = prepare_image(pipe, image)
     mask_image = as_mask_image(mask)
     if mask_image.size != image.size:
@@ -366,6 +371,9 @@ def depth_to_image(
     but not another aspect ratio.
     """
     require_pipeline_argument(pipe, "depth_map", "depth2img")
+    checks.prompt(prompt, "prompt")
+    checks.finite(guidance_scale, "guidance_scale", low=0, example=7.5)
+    seeded_generator(seed)
     depth = as_depth_map(depth_map)
     height, width = depth.shape[-2:]
     if image is None:
@@ -415,6 +423,10 @@ def upscale(
     trained on; more noise lets it invent more detail and follow the input less.
     """
     require_pipeline_argument(pipe, "noise_level", "upscale")
+    checks.prompt(prompt, "prompt")
+    checks.positive_int(num_inference_steps, "num_inference_steps")
+    checks.finite(guidance_scale, "guidance_scale", low=0, example=7.5)
+    seeded_generator(seed)
     max_noise_level = pipe.config.max_noise_level
     if isinstance(noise_level, bool) or not isinstance(noise_level, numbers.Integral):
         raise TypeError(f"noise_level must be an integer, got {noise_level!r}")
@@ -450,7 +462,8 @@ PHOTOS = {
 def sample_photo(name: str = "chelsea", size: int = 512) -> Image.Image:
     """A scikit-image sample photograph (see `PHOTOS`), cropped to its centre square and resized to `size` px."""
     if name not in PHOTOS:
-        raise ValueError(f"photo {name!r} is not one of {', '.join(PHOTOS)}.")
+        raise ValueError(f"name={name!r} is not one of the photos: {', '.join(PHOTOS)}.")
+    size = checks.positive_int(size, "size")
     try:
         from skimage import data
     except ImportError:

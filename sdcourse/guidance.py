@@ -18,12 +18,12 @@ the unconditional model.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from . import checks
 from .latents import seeded_generator
 from .plotting import image_grid
 
@@ -58,9 +58,9 @@ def rescale_guidance(noise_cfg, noise_pred_text, guidance_rescale):
 
 
 def check_guidance_scale(guidance_scale, name: str = "guidance_scale") -> float:
-    """`guidance_scale` as a float, or a ValueError if it is not a number ≥ 0."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {guidance_scale!r}")
+    """`guidance_scale` as a float, or a ValueError if it is not a finite number ≥ 0 (NaN or
+    infinity would turn every pixel into NaN: a black image, without an error)."""
+    guidance_scale = checks.finite(guidance_scale, name, example=7.5)
     if guidance_scale < 0:
         raise ValueError(
             f"{name}={guidance_scale} is negative: use 0 (unconditional), 1 (text only) or more (stronger guidance)."
@@ -69,38 +69,25 @@ def check_guidance_scale(guidance_scale, name: str = "guidance_scale") -> float:
 
 
 def _check_scales(scales) -> list[float]:
-    scales = list(scales)
-    if not scales:
-        raise ValueError("scales is empty: pass at least one guidance scale, e.g. scales=[1, 3, 7.5].")
-    return [check_guidance_scale(scale, name="scale") for scale in scales]
+    scales = checks.as_list(scales, "scales", example="[1, 3, 7.5]")
+    return [check_guidance_scale(scale, name=f"scales[{i}]") for i, scale in enumerate(scales)]
 
 
 def _check_seeds(seeds) -> list[int]:
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=[0, 1, 2].")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seeds must be integers, got {seed!r}")
-    return [int(seed) for seed in seeds]
+    return checks.int_list(seeds, "seeds", example="[0, 1, 2]", minimum=-(2**63))
 
 
 def _check_prompts(prompts) -> list[str]:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = checks.prompt(prompts, "prompts")
     if not prompts:
         raise ValueError("prompts is empty: pass at least one prompt.")
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompts must be strings, got {prompt!r}")
     return prompts
 
 
 def _check_pipeline_size(name: str, value) -> None:
-    if value is not None and (value <= 0 or value % PIPELINE_SIZE_MULTIPLE):
-        raise ValueError(
-            f"{name}={value} must be a positive multiple of {PIPELINE_SIZE_MULTIPLE} "
-            "(diffusers' pipelines require it), or None for the model's own size."
-        )
+    """None (the model's own size), or a positive multiple of 8, which diffusers' pipelines require."""
+    if value is not None:
+        checks.size(value, name, PIPELINE_SIZE_MULTIPLE)
 
 
 # --------------------------------------------------------------------------- grids
@@ -149,10 +136,10 @@ def cfg_grid(
     pipeline turns guidance off for scales ≤ 1: 0, 0.5 and 1 give the same image.
     `progress=False` also silences the pipeline's own bar (`pipe.set_progress_bar_config`).
     """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be one string, got {type(prompt).__name__}; cfg_grid shows one prompt.")
+    checks.prompt(prompt, "prompt", allow_list=False)  # cfg_grid shows one prompt
     scales = _check_scales(scales)
     seeds = _check_seeds(seeds)
+    num_inference_steps = checks.positive_int(num_inference_steps, "num_inference_steps")
     _check_pipeline_size("height", height)
     _check_pipeline_size("width", width)
     if not progress:

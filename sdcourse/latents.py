@@ -20,6 +20,8 @@ from diffusers.image_processor import VaeImageProcessor
 from matplotlib.figure import Figure
 from PIL import Image
 
+from . import checks
+
 
 def vae_scale_factor(vae) -> int:
     """How many pixels one latent covers per side: 2 ** (number of VAE blocks - 1).
@@ -33,8 +35,9 @@ def vae_scale_factor(vae) -> int:
 
 
 def check_image_size(height: int, width: int, factor: int) -> None:
-    """Raise a ValueError unless both sides are multiples of the VAE factor."""
+    """Raise a ValueError unless both sides are positive multiples of the VAE factor."""
     for name, size in (("height", height), ("width", width)):
+        checks.whole(size, name, minimum=1)
         if size % factor != 0:
             lower, upper = size // factor * factor, (size // factor + 1) * factor
             raise ValueError(
@@ -60,6 +63,8 @@ def _image_size(image) -> tuple[int, int]:
         return image.height, image.width
     if isinstance(image, np.ndarray):
         return image.shape[0], image.shape[1]
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"images must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}.")
     return image.shape[-2], image.shape[-1]
 
 
@@ -80,29 +85,31 @@ def images_to_tensor(images, vae) -> torch.Tensor:
     if all(isinstance(image, torch.Tensor) for image in images):
         pixels = torch.cat([image.reshape(-1, *image.shape[-3:]) for image in images]).float()
         if pixels.shape[1] != 3:
-            raise ValueError(f"image tensors must be (3, H, W) or (B, 3, H, W), got channel size {pixels.shape[1]}.")
+            raise ValueError(f"images: tensors must be (3, H, W) or (B, 3, H, W), got channel size {pixels.shape[1]}.")
         if pixels.min() < -1.001 or pixels.max() > 1.001:
             raise ValueError(
-                f"image tensors must be in the VAE's range [-1, 1], got [{pixels.min():.3f}, {pixels.max():.3f}]; "
+                f"images: tensors must be in the VAE's range [-1, 1], got [{pixels.min():.3f}, {pixels.max():.3f}]; "
                 "for a [0, 1] tensor pass `tensor * 2 - 1`."
             )
         return pixels
 
     arrays = []
     for image in images:
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+        if isinstance(image, Image.Image):  # any mode: 16-bit grey, palette, RGBA over white (checks.to_rgb)
+            image = np.asarray(checks.to_rgb(image, "images"))
         if isinstance(image, torch.Tensor):
             raise TypeError("images mixes tensors with PIL images or arrays: pass one kind at a time.")
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image arrays must be (H, W, 3) RGB, got shape {image.shape}.")
+            raise ValueError(f"images: arrays must be (H, W, 3) RGB, got shape {image.shape}.")
         if image.dtype == np.uint8:
             image = image.astype(np.float32) / 255.0
         elif not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"image arrays must be uint8 (0-255) or float (0-1), got dtype {image.dtype}.")
+            raise ValueError(f"images: arrays must be uint8 (0-255) or float (0-1), got dtype {image.dtype}.")
+        elif not np.isfinite(image).all():
+            raise ValueError("images contains NaN or infinite values.")
         elif image.min() < -0.001 or image.max() > 1.001:
-            raise ValueError(f"float image arrays must be in [0, 1], got [{image.min():.3f}, {image.max():.3f}].")
+            raise ValueError(f"images: float arrays must be in [0, 1], got [{image.min():.3f}, {image.max():.3f}].")
         arrays.append(image.astype(np.float32))
     processor = VaeImageProcessor(vae_scale_factor=factor)
     # numpy_to_pt leaves a channels-last memory layout; contiguous makes every input take the same conv kernels.
@@ -125,6 +132,8 @@ def encode(vae, images, sample: bool = False, generator: torch.Generator | None 
 @torch.no_grad()
 def decode_pixels(vae, latents: torch.Tensor) -> torch.Tensor:
     """Un-scale latents and run the VAE decoder: a (B, 3, H, W) tensor, roughly in [-1, 1]."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a torch tensor (what encode returns), got {type(latents).__name__}.")
     if latents.ndim == 3:
         latents = latents[None]
     channels = vae.config.latent_channels
@@ -189,6 +198,7 @@ def reconstruction_error(vae, images) -> dict:
 def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB from a mean squared error: images in [0, 1] (`peak=1`) or
     0-255 (`peak=255`); infinite for a perfect copy."""
+    mse = checks.finite(mse, "mse", low=0)
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
@@ -234,6 +244,21 @@ def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
+def check_timesteps(timesteps, scheduler) -> torch.Tensor:
+    """`timesteps` as a 1-D long tensor of the scheduler's training timesteps, or a ValueError."""
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    if isinstance(timesteps, (int, float)) and not isinstance(timesteps, bool):
+        timesteps = [timesteps]  # one timestep is fine here: it gives one noised image
+    checks.number_list(timesteps, "timesteps", example=f"[0, 500, {num_train_timesteps - 1}]")
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
+    if timesteps.min() < 0 or timesteps.max() >= num_train_timesteps:
+        raise ValueError(
+            f"timesteps must be a non-empty list of integers in [0, {num_train_timesteps - 1}], "
+            f"got {timesteps.tolist()}."
+        )
+    return timesteps
+
+
 def noise_latents(
     latents: torch.Tensor, timesteps, scheduler, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -247,13 +272,7 @@ def noise_latents(
         if latents.shape[0] != 1:
             raise ValueError(f"noise_latents takes one image's latents, got a batch of {len(latents)}: pass latents[i].")
         latents = latents[0]
-    timesteps = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
-    num_train_timesteps = scheduler.config.num_train_timesteps
-    if len(timesteps) == 0 or timesteps.min() < 0 or timesteps.max() >= num_train_timesteps:
-        raise ValueError(
-            f"timesteps must be a non-empty list of integers in [0, {num_train_timesteps - 1}], "
-            f"got {timesteps.tolist()}."
-        )
+    timesteps = check_timesteps(timesteps, scheduler)
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
     batch = len(timesteps)
     return scheduler.add_noise(
@@ -266,6 +285,7 @@ def noised_images(
 ) -> list[Image.Image]:
     """Encode `image`, noise its latents to each timestep (same noise), decode: the
     "what noise at timestep t looks like" figure."""
+    check_timesteps(timesteps, scheduler)  # before the VAE runs
     latents = encode(vae, image)
     return decode(vae, noise_latents(latents, timesteps, scheduler, generator))
 
@@ -278,6 +298,8 @@ def slerp(latents_a: torch.Tensor, latents_b: torch.Tensor, t: float, dot_thresh
     which the UNet has never seen. Slerp follows the sphere. Nearly parallel inputs
     (|cos| > dot_threshold) fall back to a straight line, where slerp is numerically unstable.
     """
+    t = checks.finite(t, "t", example=0.5)
+    dot_threshold = checks.finite(dot_threshold, "dot_threshold", low=0, high=1)
     if latents_a.shape != latents_b.shape:
         raise ValueError(
             "latents_a and latents_b must have the same shape, "
@@ -295,8 +317,7 @@ def slerp(latents_a: torch.Tensor, latents_b: torch.Tensor, t: float, dot_thresh
 
 def interpolate(latents_a: torch.Tensor, latents_b: torch.Tensor, n: int, method: str = "slerp") -> list[torch.Tensor]:
     """`n` latents from a to b (both included), by "slerp" or straight "lerp"."""
-    if n < 2:
-        raise ValueError(f"n={n} must be at least 2 (the two end points).")
+    n = checks.whole(n, "n", minimum=2)  # the two end points
     if method not in ("slerp", "lerp"):
         raise ValueError(f"method={method!r} must be 'slerp' or 'lerp'.")
     if latents_a.shape != latents_b.shape:
@@ -310,6 +331,12 @@ def interpolate(latents_a: torch.Tensor, latents_b: torch.Tensor, n: int, method
     return [slerp(latents_a, latents_b, float(t)) for t in ts]
 
 
+def _side_pair(size, name: str, vae_factor: int) -> tuple[int, int]:
+    """A size in pixels (an int, or (height, width)) as two positive multiples of the VAE factor."""
+    height, width = (size, size) if isinstance(size, numbers.Integral) else checks.as_list(size, name, "(512, 512)")
+    return checks.size(height, name, vae_factor), checks.size(width, name, vae_factor)
+
+
 def attention_cost_ratio(size_a, size_b, vae_factor: int = 8) -> dict:
     """Why diffusion runs on latents: self-attention compares every token with every other,
     so its cost grows with the square of the token count.
@@ -321,8 +348,9 @@ def attention_cost_ratio(size_a, size_b, vae_factor: int = 8) -> dict:
     - "pixel_vs_latent": attention cost in pixel space over latent space, vae_factor⁴
       (4096 for SD's factor 8).
     """
-    height_a, width_a = (size_a, size_a) if isinstance(size_a, int) else size_a
-    height_b, width_b = (size_b, size_b) if isinstance(size_b, int) else size_b
+    vae_factor = checks.positive_int(vae_factor, "vae_factor")
+    height_a, width_a = _side_pair(size_a, "size_a", vae_factor)
+    height_b, width_b = _side_pair(size_b, "size_b", vae_factor)
     tokens_a, tokens_b = height_a * width_a, height_b * width_b
     latent_tokens_a = (height_a // vae_factor) * (width_a // vae_factor)
     return {

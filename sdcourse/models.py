@@ -160,9 +160,13 @@ class ModelNotAvailableError(RuntimeError):
 
 
 def pick_device(device=None) -> torch.device:
-    """cuda, then Apple's mps, then cpu — unless `device` is given."""
+    """cuda, then Apple's mps, then cpu — unless `device` is given, which must exist here.
+
+    Asking for a GPU this machine lacks is refused at once, before any weights load (torch
+    would only fail at the first `.to(device)`, after the download).
+    """
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -170,11 +174,48 @@ def pick_device(device=None) -> torch.device:
     return torch.device("cpu")
 
 
+def check_device(device) -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:1", "mps" or a torch.device) as a torch.device that exists here."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device={device!r} must be a string such as 'cpu' or 'cuda', or None to choose.")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a device torch knows: use 'cpu', 'cuda', 'mps' or None.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(
+                f"device={str(device)!r}, but this machine has {count or 'no'} CUDA GPU{'s' * (count > 1)} "
+                "that torch can use: pass device='cpu' (or device=None to choose), or install a CUDA build of torch."
+            )
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device='mps', but Apple's Metal GPU is not available here: pass device='cpu' or None.")
+    return device
+
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
 def pick_dtype(device: torch.device, dtype=None) -> torch.dtype:
-    """fp16 on CUDA (half the memory, tensor cores), fp32 elsewhere — unless `dtype` is given."""
-    if dtype is not None:
-        return dtype
-    return torch.float16 if device.type == "cuda" else torch.float32
+    """fp16 on CUDA (half the memory, tensor cores), fp32 elsewhere — unless `dtype` is given,
+    as a torch dtype or its name ("float16", "fp16", "bfloat16", "float32")."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not a dtype sdcourse loads: use one of {', '.join(DTYPES)}, or None.")
+        dtype = DTYPES[key]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype={dtype!r} must be torch.float32, torch.float16, torch.bfloat16, a name or None.")
+    return dtype
 
 
 def hub_offline() -> bool:
@@ -257,6 +298,8 @@ def hub_answers() -> bool:
 
 def mini_available(task: str = "text2img") -> bool:
     """True when the shipped mini-SD has the model for `task`."""
+    if task not in MINI_UNET_FOLDERS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}.")
     return (MINI_DIR / "model_index.json").is_file() and (MINI_DIR / MINI_UNET_FOLDERS[task]).is_dir()
 
 
@@ -324,6 +367,65 @@ def load_real(repo_id: str, task: str, dtype: torch.dtype, safety_checker: bool 
     return cls.from_pretrained(repo_id, **kwargs)
 
 
+def check_name(name) -> str:
+    """`name` as a string: a model name, a hub id or a local folder (a pathlib.Path is fine)."""
+    if isinstance(name, os.PathLike):
+        return os.fspath(name)
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(
+            f"name={name!r} must be a model name such as 'auto', 'mini' or 'sd15' (see `sdcourse models`), "
+            "a hub id like 'owner/repo', or the path of a saved pipeline folder."
+        )
+    return name.strip()
+
+
+def looks_like_folder(name: str) -> bool:
+    """A local path rather than a hub id ('owner/repo'): it exists, or is written as a path."""
+    path = Path(name).expanduser()
+    return path.exists() or name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+
+
+# The components a task's pipeline cannot run without, and those that hold weights.
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+def check_folder(folder: Path, task: str) -> Path:
+    """Refuse a local folder that is not a complete saved pipeline for `task`, before loading it:
+    missing, empty, without model_index.json, lacking a component or its weights, or holding a
+    UNet with the wrong input channels (a text-to-image model asked to inpaint)."""
+    if not folder.is_dir():
+        what = "a file" if folder.exists() else "no such folder"
+        raise ValueError(
+            f"name={str(folder)!r}: {what}. A local model is a folder written by pipe.save_pretrained(...); "
+            "for the shipped model use name='mini'."
+        )
+    if not (folder / "model_index.json").is_file():
+        contents = "it is empty" if not any(folder.iterdir()) else "it has no model_index.json"
+        raise ValueError(
+            f"name={str(folder)!r} is not a saved pipeline ({contents}): save one with pipe.save_pretrained(folder)."
+        )
+    index = json.loads((folder / "model_index.json").read_text())
+    for component in REQUIRED_COMPONENTS:
+        listed = isinstance(index.get(component), list) and index[component][0] is not None
+        if not listed or not (folder / component).is_dir():
+            raise ValueError(
+                f"name={str(folder)!r} lacks its {component!r} component ({folder / component} is missing): "
+                "copy the whole folder that pipe.save_pretrained(...) wrote."
+            )
+    for component in WEIGHT_COMPONENTS:
+        if not any((folder / component).glob("*.safetensors")):
+            raise ValueError(
+                f"name={str(folder)!r}: {component}/ holds no .safetensors weights (sdcourse loads safetensors only): "
+                "save with pipe.save_pretrained(folder) (safe_serialization is the default)."
+            )
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file():  # a text-to-image folder asked to inpaint is refused before it loads
+        in_channels = json.loads(unet_config.read_text()).get("in_channels", UNET_IN_CHANNELS[task])
+        check_unet_channels_count(in_channels, str(folder), task)
+    return folder
+
+
 def load_folder(folder: Path, task: str, dtype: torch.dtype):
     """Load a pipeline saved with `save_pretrained`; components saved as null stay None."""
     index = json.loads((folder / "model_index.json").read_text())
@@ -374,8 +476,11 @@ def load_pipeline(
     lowers the x4 upscaler's peak; attention slicing saves nothing at 512 px with PyTorch 2).
     SD 1.x's NSFW safety checker is loaded only with `safety_checker=True` (see `load_real`).
     """
+    name = check_name(name)
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}.")
+    device = pick_device(device)  # before any weights load: a missing GPU or a bad dtype fails at once
+    dtype = pick_dtype(device, dtype)
     if name == "auto":
         name, why = choose_auto(task)
         print(f"sdcourse: using {name!r} for {task} ({why}).", file=sys.stderr)
@@ -384,8 +489,6 @@ def load_pipeline(
         print(f"sdcourse: {name!r} has no {task} model of its own; using its family's {member!r}.", file=sys.stderr)
         name = member
 
-    device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
     pipe = load_by_name(name, task, dtype, safety_checker)
     check_unet_channels(pipe, name, task)
 
@@ -412,16 +515,21 @@ def load_by_name(name: str, task: str, dtype: torch.dtype, safety_checker: bool 
 
         pipe = random_pipeline(name, task)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    if Path(name).expanduser().is_dir():  # a saved pipeline, e.g. a DreamBooth output folder
-        return load_folder(Path(name).expanduser(), task, dtype)
+    if looks_like_folder(name):  # a saved pipeline, e.g. a DreamBooth output folder
+        folder = check_folder(Path(name).expanduser(), task)
+        return load_folder(folder, task, dtype)
     return load_real(resolve_repo(name, task), task, dtype, safety_checker)
 
 
 def check_unet_channels(pipe, name: str, task: str) -> None:
     """Refuse a model whose UNet does not take the input `task` gives it (e.g. a text-to-image UNet
     for inpainting, which would run diffusers' legacy blending instead of the 9-channel model)."""
+    check_unet_channels_count(pipe.unet.config.in_channels, name, task)
+
+
+def check_unet_channels_count(got: int, name: str, task: str) -> None:
+    """The check of `check_unet_channels` on a number of input channels (read from a config before loading)."""
     expected = UNET_IN_CHANNELS[task]
-    got = pipe.unet.config.in_channels
     if got == expected:
         return
     if task == "inpaint" and got == 4:

@@ -19,13 +19,17 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from . import checks
+
 # ------------------------------------------------------------------------------ images
 
 
 def as_array(image, name: str = "image") -> np.ndarray:
     """An image as a numpy array for imshow: uint8 (H, W, 3) or float (H, W) in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("L" if image.mode in ("L", "F", "I") else "RGB"))
+    if isinstance(image, Image.Image):  # one-channel modes stay grey; 16-bit and float levels are scaled
+        if image.mode in checks.GREY_MODES:
+            return checks.grey_levels(image, name)
+        return np.asarray(checks.to_rgb(image, name))
     if not isinstance(image, np.ndarray):
         raise TypeError(
             f"{name} must be a PIL image or a numpy array, got {type(image).__name__}; "
@@ -39,13 +43,16 @@ def as_array(image, name: str = "image") -> np.ndarray:
         return image
     if not np.issubdtype(image.dtype, np.floating):
         raise ValueError(f"{name} must be uint8 (0-255) or float (0-1), got dtype {image.dtype}.")
+    if not np.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
     if image.size and (image.min() < -0.01 or image.max() > 1.01):
         raise ValueError(f"{name} is a float array, so it must be in [0, 1], got [{image.min():.3f}, {image.max():.3f}]")
     return np.clip(image, 0, 1)
 
 
 def to_pil(image, name: str = "image") -> Image.Image:
-    """An image (PIL or array) as an RGB PIL image."""
+    """An image (PIL in any mode, or an array) as an RGB PIL image: 16-bit grey keeps its levels,
+    transparent pixels show white (see `checks.to_rgb`)."""
     array = as_array(image, name)
     if array.dtype != np.uint8:
         array = np.round(array * 255).astype(np.uint8)
@@ -69,6 +76,8 @@ def _show(ax, array: np.ndarray, cmap: str) -> None:
 
 
 def _check_length(name: str, values, expected: int, what: str) -> None:
+    if isinstance(values, str):  # its letters would become the titles
+        raise TypeError(f"{name}={values!r} is one string: pass a list of one per {what[:-1]}, e.g. {name}=[{values!r}].")
     if values is not None and len(values) != expected:
         raise ValueError(f"{name} has {len(values)} entries but there are {expected} {what}; give one per {what[:-1]}.")
 
@@ -89,10 +98,11 @@ def image_grid(
     `row_titles` / `col_titles` label the rows (left) and columns (top), e.g. seeds and
     guidance scales.
     """
-    images = list(images)
+    images = checks.as_list(images, "images", example="[image_a, image_b]")
     n = len(images)
-    if n == 0:
-        raise ValueError("images is empty: pass at least one image.")
+    rows = None if rows is None else checks.positive_int(rows, "rows")
+    cols = None if cols is None else checks.positive_int(cols, "cols")
+    figsize_per = checks.finite(figsize_per, "figsize_per", low=0.1, example=2.0)
     if rows is None and cols is None:
         cols = math.ceil(math.sqrt(n))
     if cols is None:
@@ -132,9 +142,12 @@ def overlay_heatmap(image, heatmap, alpha: float = 0.5, cmap: str = "jet") -> np
     """Colour `heatmap` (2-D, values in [0, 1]) with `cmap`, resize it to the image and blend:
     a uint8 (H, W, 3) array, e.g. an attention map over the generated image."""
     base = to_pil(image).convert("RGB")
+    alpha = checks.finite(alpha, "alpha", example=0.5)
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.ndim != 2:
         raise ValueError(f"heatmap must be 2-D (h, w), got shape {heatmap.shape}.")
+    if not np.isfinite(heatmap).all():
+        raise ValueError("heatmap contains NaN or infinite values: normalise a finite map to [0, 1].")
     if heatmap.min() < -1e-3 or heatmap.max() > 1 + 1e-3:
         raise ValueError(
             f"heatmap must be in [0, 1], got [{heatmap.min():.3f}, {heatmap.max():.3f}]; "
@@ -194,6 +207,8 @@ def _frames_as_pil(frames) -> list[Image.Image]:
 def gif_bytes(frames, fps: float = 4, loop: int = 0) -> bytes:
     """The frames as an animated GIF (loop=0: forever). PIL merges identical consecutive
     frames into one longer frame."""
+    checks.finite(fps, "fps", example=4)
+    loop = checks.whole(loop, "loop")
     if fps <= 0:
         raise ValueError(f"fps={fps} must be positive.")
     frames = _frames_as_pil(frames)
@@ -221,6 +236,7 @@ def animate(frames, fps: float = 4):
 
 def side_by_side_frames(xt_frames, x0_frames, gap: int = 2) -> list[Image.Image]:
     """Pair frames: x_t on the left, the model's prediction of x_0 on the right, `gap` white pixels between."""
+    gap = checks.whole(gap, "gap")
     xt_frames, x0_frames = list(xt_frames), list(x0_frames)
     if len(xt_frames) != len(x0_frames):
         raise ValueError(

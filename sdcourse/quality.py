@@ -225,10 +225,8 @@ def adherence_curve(
     prompts = _check_prompts(prompts)
     scales = _check_scales(scales)
     seeds = _check_seeds(seeds)
-    if batch_size is None:
-        batch_size = images_per_batch(pipe)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
+    steps = checks.positive_int(steps, "steps")
+    batch_size = images_per_batch(pipe) if batch_size is None else checks.positive_int(batch_size, "batch_size")
     if not progress:
         pipe.set_progress_bar_config(disable=True)
 

@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import checks
 from .guidance import check_guidance_scale, classifier_free_guidance, rescale_guidance
 from .plotting import to_pil
 
@@ -59,11 +60,9 @@ class SamplingResult:
 
 def _check_prompts(prompt, negative_prompt) -> tuple[list[str], list[str]]:
     """The prompts and negative prompts as two lists of the same length."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = checks.prompt(prompt, "prompt")
     if not prompts:
         raise ValueError("prompt is an empty list: pass a string or a list of at least one prompt.")
-    if not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r}")
     if negative_prompt is None:
         negative_prompts = [""] * len(prompts)
     elif isinstance(negative_prompt, str):
@@ -87,6 +86,7 @@ def _check_steps(num_inference_steps) -> int:
 
 
 def _check_rescale(guidance_rescale) -> float:
+    guidance_rescale = checks.finite(guidance_rescale, "guidance_rescale", example=0.7)
     if not 0 <= guidance_rescale <= 1:
         raise ValueError(f"guidance_rescale={guidance_rescale} must be in [0, 1] (0 = off; the paper uses 0.7).")
     return float(guidance_rescale)
@@ -95,15 +95,17 @@ def _check_rescale(guidance_rescale) -> float:
 def _check_size(pipe, name: str, value: int) -> None:
     """Images must shrink to a whole number of latent cells."""
     factor = pipe.vae_scale_factor
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
-        nearest = max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) else factor
-        raise ValueError(
-            f"{name}={value} must be a positive multiple of {factor}: the VAE shrinks images {factor}× "
-            f"into latents (pipe.vae_scale_factor). Try {name}={nearest}."
-        )
+    checks.size(value, name, factor, why=f"the VAE shrinks images {factor}× into latents, pipe.vae_scale_factor")
 
 
 def _check_generator(generator, batch_size: int):
+    """None, one torch.Generator, or a list of one per image (a seed alone is the usual slip)."""
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(
+            f"generator={generator!r} is not a torch.Generator: pass generator=torch.Generator('cpu').manual_seed(0) "
+            "(a seed alone does not work), a list of one per prompt, or None."
+        )
     if isinstance(generator, list) and len(generator) != batch_size:
         raise ValueError(
             f"generator is a list of {len(generator)} generators but the batch has {batch_size} images: "
@@ -111,10 +113,16 @@ def _check_generator(generator, batch_size: int):
         )
 
 
+def _check_latents(latents) -> None:
+    """None, or a finite tensor of starting latents (NaN there would give a black image, silently)."""
+    if latents is not None and not (isinstance(latents, torch.Tensor) and torch.isfinite(latents).all()):
+        raise ValueError("latents must be a finite torch tensor (e.g. from torch.randn), or None for fresh noise.")
+
+
 def _as_mask_array(mask) -> np.ndarray:
     """A mask as a float (H, W) array in [0, 1]; white / 1 / True marks what to repaint."""
-    if isinstance(mask, Image.Image):
-        return np.asarray(mask.convert("L"), dtype=np.float32) / 255
+    if isinstance(mask, Image.Image):  # an RGBA mask is read from its alpha channel
+        return np.asarray(checks.mask_image(mask), dtype=np.float32) / 255
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     array = np.asarray(mask)
@@ -125,6 +133,8 @@ def _as_mask_array(mask) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255
     array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError("mask contains NaN or infinite values: pass values in [0, 1] (1 = repaint).")
     if array.min() < 0 or array.max() > 1:
         raise ValueError(f"mask values must lie in [0, 1] (1 = repaint), got [{array.min()}, {array.max()}]")
     return array
@@ -171,6 +181,7 @@ def initial_latents(pipe, batch_size, height, width, dtype, generator=None, late
         latents = randn_tensor(shape, generator=generator, device=pipe.device, dtype=dtype)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents has shape {tuple(latents.shape)}, expected {shape} for this size and batch")
+
     return latents.to(pipe.device) * pipe.scheduler.init_noise_sigma
 
 
@@ -270,6 +281,7 @@ def loss_guidance_step(pipe, latents, noise_pred, timestep, loss_fn, loss_scale:
     the latents: latents −= loss_scale · grad. Euler-type latents are x0 + σ·ε, so there the
     step is also multiplied by σ², as in the fastai deep dive.
     """
+    loss_scale = checks.finite(loss_scale, "loss_scale", example=100)
     scheduler = pipe.scheduler
     with torch.enable_grad():
         latents = latents.detach().requires_grad_(True)
@@ -397,14 +409,15 @@ def text2img(
     num_inference_steps = _check_steps(num_inference_steps)
     guidance_scale = check_guidance_scale(guidance_scale)
     guidance_rescale = _check_rescale(guidance_rescale)
-    if loss_every < 1:
-        raise ValueError(f"loss_every={loss_every} must be at least 1.")
+    loss_scale = checks.finite(loss_scale, "loss_scale", example=100)
+    loss_every = checks.positive_int(loss_every, "loss_every")
     default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height = default_size if height is None else height
     width = default_size if width is None else width
     _check_size(pipe, "height", height)
     _check_size(pipe, "width", width)
     _check_generator(generator, len(prompts))
+    _check_latents(latents)
 
     with torch.no_grad():
         guidance = uses_guidance(guidance_scale)
@@ -439,6 +452,8 @@ def img2img_timesteps(scheduler, num_inference_steps: int, strength: float, devi
     strength 1 runs them all (from pure noise), strength 0 none. Schedulers that count their
     steps are told where they start (`set_begin_index`).
     """
+    num_inference_steps = _check_steps(num_inference_steps)
+    strength = checks.finite(strength, "strength", low=0, high=1)
     scheduler.set_timesteps(num_inference_steps, device=device)
     init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
     t_start = max(num_inference_steps - init_timestep, 0)
@@ -484,6 +499,7 @@ def img2img(
     num_inference_steps = _check_steps(num_inference_steps)
     guidance_scale = check_guidance_scale(guidance_scale)
     guidance_rescale = _check_rescale(guidance_rescale)
+    strength = checks.finite(strength, "strength", example=0.6)
     if not 0 <= strength <= 1:
         raise ValueError(f"strength={strength} must be in [0, 1]: 0 keeps the image, 1 ignores it.")
     image = to_pil(image)

@@ -46,5 +46,5 @@ def make_scheduler(name: str = "ddim", config: dict | None = None):
     Swap one into a pipeline with `pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)`.
     """
     if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}.")
+        raise ValueError(f"name={name!r} is not a scheduler sdcourse knows; choose one of {sorted(SCHEDULERS)}.")
     return SCHEDULERS[name].from_config(SD_SCHEDULER_CONFIG if config is None else config)

@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import checks
+
 # ------------------------------------------------------------------------------- tokens
 
 
@@ -71,9 +73,7 @@ def tokens_table(tokenizer, prompt: str, max_length: int | None = None) -> Token
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}.")
-    max_length = tokenizer.model_max_length if max_length is None else max_length
-    if max_length < 2:
-        raise ValueError(f"max_length={max_length} must be at least 2 (the start and end tokens).")
+    max_length = tokenizer.model_max_length if max_length is None else checks.whole(max_length, "max_length", minimum=2)
     ids = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True).input_ids
     n_tokens = len(tokenizer.tokenize(prompt)) + 2  # with the start and end tokens
     pieces = tokenizer.convert_ids_to_tokens(ids)
@@ -116,6 +116,7 @@ def format_tokens_table(table: TokensTable, max_pad_rows: int = 2) -> str:
 
 def prompt_input_ids(tokenizer, prompt: str) -> torch.Tensor:
     """Token ids of `prompt` as the pipelines make them: (1, 77), padded and truncated."""
+    checks.prompt(prompt, "prompt")
     return tokenizer(
         prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
@@ -257,6 +258,7 @@ def mix_token_embeddings(pipe, prompt: str, word: str, other_word: str, weight: 
 
     weight=0 gives the prompt unchanged, 1 the full swap, 0.5 a half-circle half-square word.
     """
+    weight = checks.finite(weight, "weight", example=0.5)
     a, b = word_embedding(pipe, word), word_embedding(pipe, other_word)
     if a.shape != b.shape:
         raise ValueError(
@@ -276,6 +278,8 @@ def prompt_embeddings(pipe, prompt, negative_prompt=None, guidance_scale: float 
     uncond encodes `negative_prompt` ("" by default) and is None when guidance_scale ≤ 1,
     where the pipeline skips classifier-free guidance.
     """
+    guidance_scale = checks.finite(guidance_scale, "guidance_scale", low=0, example=7.5)
+    checks.prompt(prompt, "prompt")
     cond, uncond = pipe.encode_prompt(
         prompt,
         device=pipe.device,
@@ -288,8 +292,7 @@ def prompt_embeddings(pipe, prompt, negative_prompt=None, guidance_scale: float 
 
 def interpolate_prompts(pipe, prompt_a: str, prompt_b: str, n: int) -> list[torch.Tensor]:
     """`n` prompt_embeds on the straight line from prompt_a's to prompt_b's (both included)."""
-    if n < 2:
-        raise ValueError(f"n={n} must be at least 2 (the two prompts).")
+    n = checks.whole(n, "n", minimum=2)  # the two prompts
     embeds_a, _ = prompt_embeddings(pipe, prompt_a, guidance_scale=1.0)
     embeds_b, _ = prompt_embeddings(pipe, prompt_b, guidance_scale=1.0)
     return [(1 - t) * embeds_a + t * embeds_b for t in np.linspace(0.0, 1.0, n)]

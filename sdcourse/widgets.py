@@ -33,6 +33,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import checks
 from . import latents as latent_tools
 from .attention import overlay, trace
 from .conditioning import (
@@ -49,6 +50,7 @@ WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"  # what widget
 
 def png_bytes(image: Image.Image, display_size: int = DISPLAY_SIZE) -> bytes:
     """`image` as PNG bytes, enlarged by a whole factor (crisp pixels) to about `display_size`."""
+    display_size = checks.positive_int(display_size, "display_size")
     scale = max(1, display_size // max(image.size))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
@@ -171,9 +173,11 @@ def guidance_explorer(
 
     Remember that diffusers' pipelines turn guidance off at scales ≤ 1 (text prediction only).
     """
-    scales = [check_guidance_scale(scale, name="scales") for scale in scales]
-    if not scales:
-        raise ValueError("scales is empty: pass at least one guidance scale.")
+    scales = checks.as_list(scales, "scales", example="(1, 2, 4, 7.5, 12)")
+    scales = [check_guidance_scale(scale, name=f"scales[{i}]") for i, scale in enumerate(scales)]
+    checks.prompt(prompt, "prompt", allow_list=False)
+    steps = checks.positive_int(steps, "steps")
+    seeded_generator(seed)
     _silence(pipe, progress)
 
     def image_for(scale):
@@ -222,10 +226,11 @@ def noising_explorer(
     """
     vae, scheduler = _vae_and_scheduler(pipe_or_vae_and_scheduler)
     forward_process = DDPMScheduler.from_config(scheduler.config)
-    timesteps = [int(t) for t in timesteps]
+    # Checked up front, before the VAE runs (an error inside a slider callback would go unseen).
+    timesteps = checks.int_list(timesteps, "timesteps", example="range(0, 1000, 50)")
+    latent_tools.check_timesteps(timesteps, forward_process)
+    seeded_generator(seed)
     latents = latent_tools.encode(vae, image)  # encoded once; checks the image and its size
-    # Checks the timesteps up front (an error inside a slider callback would go unseen).
-    latent_tools.noise_latents(latents, timesteps, forward_process, generator=seeded_generator(seed))
 
     def image_for(t):
         noised = latent_tools.noise_latents(latents, [t], forward_process, generator=seeded_generator(seed))
@@ -260,6 +265,11 @@ def attention_explorer(
     image and `explorer.attention` the trace (e.g. for `word_heatmap(word, size=...)`).
     Words merge their sub-word tokens; tokens are listed as "token i: piece".
     """
+    checks.prompt(prompt, "prompt", allow_list=False)
+    steps = checks.positive_int(steps, "steps")
+    guidance_scale = check_guidance_scale(guidance_scale)
+    alpha = checks.finite(alpha, "alpha", low=0, high=1)
+    seeded_generator(seed)
     _silence(pipe, progress)
     with trace(pipe) as attention:
         generated = pipe(
@@ -309,10 +319,11 @@ def strength_explorer(
     The caption says how many of the `steps` denoising steps run, int(steps · strength).
     """
     require_pipeline_argument(pipe, "strength", "img2img")
+    checks.prompt(prompt, "prompt", allow_list=False)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    seeded_generator(seed)
     image = prepare_image(pipe, image)
-    strengths = list(strengths)
-    if not strengths:
-        raise ValueError("strengths is empty: pass at least one strength.")
+    strengths = checks.number_list(strengths, "strengths", example="(0.2, 0.6, 1.0)")
     steps_run = {float(strength): check_strength(strength, steps) for strength in strengths}
     strengths = list(steps_run)
     _silence(pipe, progress)

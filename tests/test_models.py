@@ -115,6 +115,10 @@ def test_device_order_cuda_then_mps_then_cpu(monkeypatch):
     assert models.pick_device().type == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert models.pick_device().type == "cpu"
+    with pytest.raises(ValueError, match="device='cuda:1', but this machine has no CUDA GPU"):
+        models.pick_device("cuda:1")  # refused before any weights load, not at the first .to(device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert models.pick_device("cuda:1") == torch.device("cuda:1")
 
 
