@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from . import judge, world
+from . import checks, judge, world
 from .guidance import _check_prompts, _check_scales, _check_seeds
 from .latents import psnr_from_mse, seeded_generator
 from .models import images_per_batch
