@@ -155,9 +155,7 @@ def test_checked_outputs_do_not_depend_on_the_language(chapter):
 CWD_RELATIVE = re.compile(r"""Path\(\s*["']\.\.["']|["']\.\./""")
 
 
-@pytest.mark.parametrize("chapter", [c for c in sorted(NOTEBOOKS) if c != 5] + [
-    pytest.param(5, marks=pytest.mark.xfail(strict=True, reason="chapter 5 reads Path('..') / 'benchmarks': "
-                                             "from notebooks/ja/ that file is not found"))])
+@pytest.mark.parametrize("chapter", sorted(NOTEBOOKS))
 def test_code_does_not_depend_on_the_notebooks_folder(chapter):
     """The two editions run the same code in different folders: a path relative to the working
     directory would read another file (or none) in notebooks/ja/."""
@@ -166,7 +164,16 @@ def test_code_does_not_depend_on_the_notebooks_folder(chapter):
         if cell.cell_type == "code":
             assert not CWD_RELATIVE.search(cell.source), (
                 f"{_where(chapter, index, cell)} builds a path from the working directory ('..'); "
-                "find the file from the package or by walking up to the repository instead.")
+                "use sdcourse.results.results_folder(), which walks up to the repository, instead.")
+
+
+def test_the_results_folder_is_found_from_either_edition(monkeypatch):
+    from sdcourse.results import results_folder
+
+    root = Path(__file__).resolve().parents[1]
+    for folder in (root / "notebooks", root / "notebooks" / "ja", root):
+        monkeypatch.chdir(folder)
+        assert results_folder() == root / "benchmarks" / "results"
 
 
 # --------------------------------------------------------------------------- the exercises in Japanese
