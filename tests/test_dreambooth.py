@@ -712,6 +712,7 @@ CONCEPT_CASES = [pytest.param(True, id="lora"),
 METHODS = [pytest.param(True, id="lora"), pytest.param(False, id="full", marks=pytest.mark.long)]
 
 
+@pytest.mark.quality
 @needs_mini
 @pytest.mark.slow
 @pytest.mark.parametrize("use_lora", CONCEPT_CASES)
@@ -723,6 +724,7 @@ def test_mini_learns_the_concept_with_prior_preservation(mini_runs, use_lora):
     assert after["composition"] >= 0.5
 
 
+@pytest.mark.quality
 @needs_mini
 @pytest.mark.slow
 @pytest.mark.parametrize("use_lora", METHODS)
@@ -734,6 +736,7 @@ def test_mini_prior_preservation_keeps_the_class(mini_runs, use_lora):
     assert round(drop, 6) <= 0.10  # 9 images in 90 are exactly 10 points
 
 
+@pytest.mark.quality
 @needs_mini
 @pytest.mark.slow
 def test_mini_without_prior_preservation_drifts_more(mini_runs):
