@@ -426,7 +426,7 @@ def test_mini_word_maps_overlap_their_objects():
 @pytest.mark.quality
 @pytest.mark.skipif(not models.mini_available(), reason="mini-SD not trained yet")
 def test_mini_word_maps_beat_the_swapped_word_for_most_objects():
-    """The own map wins for most objects (measured: 51 of 64 maps, 80 %; 75 % before the layout stage)."""
+    """The own map wins for most objects (measured: 51 of 64 maps, 80 %)."""
     own, other = mini_word_map_ious()
     assert np.mean(own > other) > 0.75
 

@@ -103,9 +103,7 @@ def test_swapping_positions_moves_the_objects_within_the_image_and_changes_the_c
 @pytest.mark.quality
 def test_the_caption_decides_which_of_two_objects_goes_where(text2img):
     """What notebook 6 shows: with the positions in the caption swapped and the same seed, the
-    colours swap too (measured on these 16 scenes: 0.94 follow the words, none stay put). Before the layout stage
-    drew more two-object scenes at high noise the starting noise decided: 0.125 followed, 0.75
-    stayed put."""
+    colours swap too (measured on these 16 scenes: 0.94 follow the words, none stay put)."""
     result = quality.arrangement_quality(text2img, quality.eval_scenes(16, two_objects=True), seeds=(0,))
     print(result)
     assert result["follows_prompt"] > 0.6 and result["stays_put"] < 0.2
@@ -155,7 +153,7 @@ def upscale_result():
     pipe = models.load_pipeline("mini", task="upscale", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     # Held-out scenes: UPSCALE_GUIDANCE was chosen on other scenes (see its comment). Measured: 30.0 dB,
-    # bicubic 28.9, judged right 0.97 (the previous upscaler: 27.9 dB, judged right 0.97).
+    # bicubic 28.9, judged right 0.97.
     result = quality.upscale_quality(pipe, quality.eval_scenes(32, seed=quality.HELDOUT_SEED))
     print(result)
     return result
