@@ -8,4 +8,8 @@ bash "$root/scripts/setup-browser.sh"  # Debian's headless Chromium for tests/te
 cd "$root"
 export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # the tests never download anything
-exec "$root/.venv/bin/python" -m pytest tests notebooks --nbval-lax -p no:cacheprovider "$@"
+# One process per core, each with one torch thread (two 2-thread processes on 2 cores spin against each
+# other); a file's tests, and a notebook's cells, stay together in one process (--dist loadfile).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec "$root/.venv/bin/python" -m pytest tests notebooks --nbval-lax -p no:cacheprovider \
+  -n "${SDCOURSE_TEST_WORKERS:-auto}" --dist loadfile "$@"

@@ -28,13 +28,6 @@ def generate(pipe, prompt=PROMPT, steps=3, seed=0, task="text2img", **kwargs):
                 output_type="np", **inputs).images
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = tiny_pipeline("text2img")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def same_processors(before: dict, after: dict) -> bool:
     return before.keys() == after.keys() and all(after[name] is before[name] for name in before)
 
@@ -420,6 +413,7 @@ def mini_word_map_ious() -> tuple[np.ndarray, np.ndarray]:
     return own, other
 
 
+@pytest.mark.quality
 @pytest.mark.skipif(not models.mini_available(), reason="mini-SD not trained yet")
 def test_mini_word_maps_overlap_their_objects():
     """Each object word's map lies on its own object, well above the swapped word's (measured: mean
@@ -429,9 +423,10 @@ def test_mini_word_maps_overlap_their_objects():
     assert own.mean() > other.mean() + 0.15
 
 
+@pytest.mark.quality
 @pytest.mark.skipif(not models.mini_available(), reason="mini-SD not trained yet")
 def test_mini_word_maps_beat_the_swapped_word_for_most_objects():
-    """The own map wins for most objects (measured: 51 of 64 maps, 80 %; 75 % before the layout stage)."""
+    """The own map wins for most objects (measured: 51 of 64 maps, 80 %)."""
     own, other = mini_word_map_ious()
     assert np.mean(own > other) > 0.75
 

@@ -348,6 +348,7 @@ def mini_img2img():
     return pipe
 
 
+@pytest.mark.quality
 @needs_mini
 def test_low_strength_keeps_the_scene_and_high_strength_forgets_it(mini_img2img):
     scenes = quality.eval_scenes(16)

@@ -18,13 +18,6 @@ def seeded(seed=0):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = tiny_pipeline("text2img")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def img2img_pipe():
     pipe = tiny_pipeline("img2img")
     pipe.set_progress_bar_config(disable=True)

@@ -13,13 +13,6 @@ PROMPT = "a red circle on a blue background"
 SQUARE_PROMPT = "a red square on a blue background"
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def encode_ids(pipe, prompt: str) -> torch.Tensor:
     """The reference: the text encoder run on the prompt's ids, as pipelines do."""
     with torch.no_grad():

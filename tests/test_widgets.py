@@ -22,11 +22,6 @@ def quiet(task):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return quiet("text2img")
-
-
-@pytest.fixture(scope="module")
 def img2img_pipe():
     return quiet("img2img")
 
