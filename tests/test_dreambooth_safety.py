@@ -10,6 +10,7 @@ import functools
 import hashlib
 import math
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,62 @@ def test_diverged_weights_are_an_error_that_names_the_learning_rate_and_export_n
                                          "\\(1e\\+30\\) is probably too high.*Nothing was exported"):
         train_dreambooth(config, progress=False)
     assert written(tmp_path) == ["out-run"]
+
+
+# --------------------------------------------------------------------------- the other entry points
+
+
+def test_a_complete_read_only_class_cache_is_used_without_writing(data, tmp_path, monkeypatch):
+    """Only a class_data_dir that still lacks images must be writable (a shared read-only cache is fine)."""
+    train_dreambooth(make_config(data, tmp_path, "first"), progress=False)  # fills data/class
+    real = dreambooth.checks.tempfile.mkstemp
+
+    def mkstemp(prefix, dir):
+        if Path(dir) == data / "class":
+            raise PermissionError(13, "Permission denied")
+        return real(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(dreambooth.checks.tempfile, "mkstemp", mkstemp)
+    assert train_dreambooth(make_config(data, tmp_path), progress=False).finished
+    with pytest.raises(ValueError, match="class_data_dir=.* cannot be written"):  # one image short
+        train_dreambooth(make_config(data, tmp_path, "more", num_class_images=4), progress=False)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda pipe: dreambooth_eval.subject_scenes(0), "n=0 must be a whole number of at least 1"),
+    (lambda pipe: dreambooth_eval.subject_scenes(2.5), "n=2.5 must be a whole number of at least 1"),
+    (lambda pipe: dreambooth_eval.write_concept_images("never-written", n=-1), "n=-1 must be a whole number"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, seeds=[]), "seeds=\\[\\] must be a non-empty list"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, seeds=3), "seeds=3 must be a list of seeds, e.g. range\\(3\\) or \\[3\\]"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, class_seeds="0"), "class_seeds='0' must be a list of seeds"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, num_inference_steps=0), "num_inference_steps=0 must be"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, num_inference_steps=-1), "num_inference_steps=-1 must be"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, guidance_scale=math.nan), "guidance_scale=nan must be a finite"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, guidance_scale="7.5"), "guidance_scale='7.5' must be a finite"),
+    (lambda pipe: dreambooth_eval.concept_scores(pipe, colour="pink"), "colour='pink' is not one of"),
+    (lambda pipe: dreambooth_eval.concept_report(pipe, pipe, seeds=[]), "seeds=\\[\\] must be a non-empty list"),
+    (lambda pipe: dreambooth.load_images("anywhere", 0), "resolution=0 must be a whole number of pixels"),
+    (lambda pipe: dreambooth.load_lora_output(pipe, "nowhere"), "folder='nowhere' holds no LoRA weights"),
+])
+def test_evaluation_and_loading_refuse_bad_arguments_before_any_work(tmp_path, monkeypatch, call, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dreambooth_eval, "_judged", lambda *a, **k: pytest.fail("generated before checking"))
+    with pytest.raises(ValueError, match=message):
+        call(tiny())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_fine_tune_given_to_load_lora_output_says_how_to_load_it(data, tmp_path):
+    result = train_dreambooth(make_config(data, tmp_path, use_lora=False, max_train_steps=1), progress=False)
+    with pytest.raises(ValueError, match="full fine-tune, load it with StableDiffusionPipeline.from_pretrained"):
+        dreambooth.load_lora_output(tiny(), result.output_dir)
+
+
+def test_python_m_sdcourse_dreambooth_bad_config_is_a_short_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["sdcourse.dreambooth", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit, match="sdcourse.dreambooth: error: config file .*missing.yaml' does not exist"):
+        runpy.run_module("sdcourse.dreambooth", run_name="__main__")
+    (tmp_path / "c.yaml").write_text("learning_rate: .nan\ninstance_data_dir: x\n")
+    monkeypatch.setattr(sys, "argv", ["sdcourse.dreambooth", str(tmp_path / "c.yaml")])
+    with pytest.raises(SystemExit, match="learning_rate=nan must be a finite number"):
+        runpy.run_module("sdcourse.dreambooth", run_name="__main__")

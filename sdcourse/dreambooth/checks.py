@@ -154,6 +154,28 @@ def check_optimizer_numbers(config: DreamBoothConfig) -> None:
         raise ValueError(f"max_grad_norm={config.max_grad_norm!r} must be positive (1.0 is usual).")
 
 
+def check_count(name: str, value) -> None:
+    """A count (images, steps, scenes): a whole number of at least 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a whole number of at least 1.")
+
+
+def check_finite(name: str, value) -> None:
+    """A scale or weight: a finite number (NaN or infinity gives NaN or black images)."""
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number.")
+
+
+def check_seeds(name: str, seeds) -> list[int]:
+    """Seeds as a non-empty list of whole numbers (a single number is not a list: write [3] or range(3))."""
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"{name}={seeds!r} must be a list of seeds, e.g. range(3) or [{seeds!r}].")
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"{name}={seeds!r} must be a non-empty list of whole numbers, e.g. range(3).")
+    return seeds
+
+
 def check_stop_at_step(stop_at_step) -> None:
     """stop_at_step ends a sitting early: None, or a step of at least 1."""
     if stop_at_step is not None and (not isinstance(stop_at_step, int) or isinstance(stop_at_step, bool)
