@@ -70,13 +70,15 @@ def copy_instance(data, folder: Path) -> Path:
 # --------------------------------------------------------------------------- the learner's images
 
 
-@pytest.mark.parametrize("where", ["class is instance", "class inside instance", "class contains instance",
-                                   "run_dir inside instance", "output_dir contains instance"])
+@pytest.mark.parametrize("where", ["class is instance", "class is a link to instance", "class inside instance",
+                                   "class contains instance", "run_dir inside instance", "output_dir contains instance"])
 def test_folders_overlapping_the_instance_images_are_refused_before_anything_is_written(data, tmp_path, where):
     photos = copy_instance(data, tmp_path / "photos" / "dog")
+    (tmp_path / "link").symlink_to(photos)
     before = hashes(tmp_path / "photos")
     changes = {
-        "class is instance": dict(class_data_dir=str(photos)),
+        "class is instance": dict(class_data_dir=str(photos) + "/"),
+        "class is a link to instance": dict(class_data_dir=str(tmp_path / "link")),
         "class inside instance": dict(class_data_dir=str(photos / "class")),
         "class contains instance": dict(class_data_dir=str(tmp_path / "photos")),
         "run_dir inside instance": dict(run_dir=str(photos / "run")),
@@ -87,6 +89,7 @@ def test_folders_overlapping_the_instance_images_are_refused_before_anything_is_
         train_dreambooth(make_config(data, tmp_path, instance_data_dir=str(photos), **changes), progress=False)
     assert hashes(tmp_path / "photos") == before  # byte-identical, nothing added
     assert written(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "photos"]
 
 
 def test_class_images_inside_output_dir_are_refused(data, tmp_path):
@@ -118,6 +121,14 @@ def test_a_finished_model_is_kept_unless_overwrite(data, tmp_path, capsys):
     second = train_dreambooth(make_config(data, tmp_path, max_train_steps=3, learning_rate=2e-3, overwrite=True),
                               progress=False)
     assert second.global_step == 3 and hashes(second.output_dir) != kept
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_ours(data, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="is not an earlier DreamBooth output of sdcourse"):
+        train_dreambooth(make_config(data, tmp_path, overwrite=True), progress=False)
+    assert hashes(tmp_path / "out") == {"thesis.tex": hashlib.sha256(b"precious").hexdigest()}
 
 
 def test_a_model_left_in_name_old_by_an_interrupted_export_is_kept(data, tmp_path):
@@ -199,6 +210,33 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+KILLED_EXPORT = """
+import os, signal, sys
+from sdcourse import dreambooth
+def killed(tmp, out):  # the model is written in full; the process dies before the rename
+    os.kill(os.getpid(), signal.SIGKILL)
+dreambooth.export.replace_folder = killed
+dreambooth.train_dreambooth(dreambooth.DreamBoothConfig.from_file(sys.argv[1]), progress=False)
+"""
+
+
+@pytest.mark.slow  # a subprocess pays the imports again (~10 s)
+def test_an_export_killed_for_real_leaves_a_folder_that_the_next_run_removes(data, tmp_path):
+    config = make_config(data, tmp_path, model=str(data / "tiny"), use_lora=False)
+    path = config.save(tmp_path / "config.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(path)], env=env, capture_output=True, timeout=300)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+    assert len(left) == 1 and (left[0] / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (tmp_path / "out").exists()
+
+    with pytest.warns(DreamBoothWarning, match=f"removed '{left[0]}', a half-written export"):
+        result = train_dreambooth(config, progress=False)
+    assert result.finished and not left[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "out", "out-run"]
 
 
 def test_a_half_written_export_is_removed_on_the_next_run_and_nothing_else(data, tmp_path):
