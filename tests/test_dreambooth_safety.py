@@ -19,8 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdcourse import cli, dreambooth, dreambooth_eval
+from sdcourse import cli, dreambooth, dreambooth_eval, load_pipeline
 from sdcourse.dreambooth import DreamBoothConfig, DreamBoothWarning, train_dreambooth
+from sdcourse.models import mini_available
 from sdcourse.testing import tiny_pipeline
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -332,6 +333,8 @@ def test_no_whole_checkpoint_is_a_clear_error(data, tmp_path):
     (dict(validation_prompt=7), "validation_prompt=7 must be a prompt or a list of prompts"),
     (dict(use_lora="False"), "use_lora='False' must be True or False"),
     (dict(output_dir=""), "output_dir='' must be a folder path"),
+    (dict(model=None), "model=None must be a model name"),
+    (dict(model=3), "model=3 must be a model name"),
 ])
 def test_numbers_that_cannot_be_right_are_refused_before_anything_is_written(data, tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -435,3 +438,11 @@ def test_python_m_sdcourse_dreambooth_bad_config_is_a_short_error(tmp_path, monk
     monkeypatch.setattr(sys, "argv", ["sdcourse.dreambooth", str(tmp_path / "c.yaml")])
     with pytest.raises(SystemExit, match="learning_rate=nan must be a finite number"):
         runpy.run_module("sdcourse.dreambooth", run_name="__main__")
+
+
+@pytest.mark.skipif(not mini_available(), reason="mini-SD is not trained yet")
+def test_a_folder_called_mini_in_the_working_directory_does_not_hide_mini_sd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mini" / "instance").mkdir(parents=True)  # a learner's project folder, not a pipeline
+    pipe = dreambooth.load_base_pipeline("mini")
+    assert pipe.unet.config.block_out_channels == load_pipeline("mini").unet.config.block_out_channels

@@ -111,6 +111,9 @@ def check_types(config: DreamBoothConfig) -> None:
     """Every number a finite number of the field's kind, every switch True or False, every list a list:
     a NaN, an infinity or a string ("1e-4" typed in Python) would otherwise fail deep inside torch,
     or worse, train and export NaN weights."""
+    if not (isinstance(config.model, (str, os.PathLike)) and str(config.model)) and not hasattr(config.model, "unet"):
+        raise ValueError(f"model={config.model!r} must be a model name ('mini', 'sd15'), a hub id, a folder "
+                         "or a pipeline object.")
     for f in dataclasses.fields(config):
         value, kind = getattr(config, f.name), str(f.type)
         if value is None and "None" in kind:

@@ -38,7 +38,9 @@ def load_base_pipeline(model):
         return pipe
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a name, hub id, folder or pipeline, got {type(model).__name__}.")
-    if Path(model).is_dir():
+    # A saved pipeline folder; anything else is a name for load_pipeline, so that a folder which happens
+    # to be called "mini" in the working directory does not hide the shipped model.
+    if (Path(model) / "model_index.json").is_file():
         return StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, use_safetensors=True)
     return load_pipeline(str(model), task="text2img", device="cpu", dtype=torch.float32)
 
