@@ -93,10 +93,12 @@ def test_folders_overlapping_the_instance_images_are_refused_before_anything_is_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "photos"]
 
 
-def test_class_images_inside_output_dir_are_refused(data, tmp_path):
-    """The finished model replaces output_dir: class images there would be deleted with it."""
-    with pytest.raises(ValueError, match="class_data_dir=.* is inside output_dir=.*outside output_dir"):
-        train_dreambooth(make_config(data, tmp_path, class_data_dir=str(tmp_path / "out" / "class")), progress=False)
+@pytest.mark.parametrize("name, folder, relation", [("class_data_dir", "out/class", "is inside"),
+                                                   ("run_dir", "out", "is"), ("run_dir", "out/run", "is inside")])
+def test_folders_inside_output_dir_are_refused(data, tmp_path, name, folder, relation):
+    """The finished model replaces output_dir: class images or checkpoints there would be deleted with it."""
+    with pytest.raises(ValueError, match=f"{name}=.* {relation} output_dir=.*outside output_dir"):
+        train_dreambooth(make_config(data, tmp_path, **{name: str(tmp_path / folder)}), progress=False)
     assert written(tmp_path) == []
 
 
@@ -265,23 +267,32 @@ def test_a_half_written_export_is_removed_on_the_next_run_and_nothing_else(data,
 # --------------------------------------------------------------------------- a damaged checkpoint
 
 
-def cut_short(checkpoint: Path) -> None:
-    weights = checkpoint / "unet_lora.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+def cut_short(checkpoint: Path, name: str = "unet_lora.safetensors") -> None:
+    """What a full disk or an interrupted copy leaves: the first half of the file."""
+    path = checkpoint / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_whole_one(data, tmp_path):
+DAMAGES = {
+    "weights cut short": (lambda folder: cut_short(folder), "unet_lora.safetensors is cut short"),
+    "optimizer cut short": (lambda folder: cut_short(folder, "optimizer.bin"), "optimizer.bin is cut short"),
+    "state missing": (lambda folder: (folder / "training_state.json").unlink(), "training_state.json is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_whole_one(data, tmp_path, damage):
     settings = dict(max_train_steps=4, checkpointing_steps=1, checkpoints_total_limit=3)
     straight = train_dreambooth(make_config(data, tmp_path, "straight", **settings), progress=False)
     first = train_dreambooth(make_config(data, tmp_path, **settings), progress=False, stop_at_step=3)
     assert [step for step, _ in dreambooth.checkpoint_folders(first.run_dir)] == [1, 2, 3]
-    cut_short(first.run_dir / "checkpoint-3")
+    damage_folder, problem = DAMAGES[damage]
+    damage_folder(first.run_dir / "checkpoint-3")
 
-    with pytest.raises(ValueError, match="checkpoint-3' is damaged \\(unet_lora.safetensors is cut short"):
+    with pytest.raises(ValueError, match=f"checkpoint-3' is damaged \\({problem}"):
         train_dreambooth(make_config(data, tmp_path, resume_from_checkpoint=str(first.run_dir / "checkpoint-3"),
                                      **settings), progress=False)
-    with pytest.warns(DreamBoothWarning, match="checkpoint-3' \\(unet_lora.safetensors is cut short.*resuming from "
-                                               ".*checkpoint-2' instead"):
+    with pytest.warns(DreamBoothWarning, match=f"checkpoint-3' \\({problem}.*resuming from .*checkpoint-2' instead"):
         result = train_dreambooth(make_config(data, tmp_path, resume_from_checkpoint="latest", **settings),
                                   progress=False)
     assert result.resumed_from_step == 2 and result.global_step == 4 and result.losses == straight.losses[2:]
