@@ -119,7 +119,7 @@ def cmd_dreambooth(args):
     values = dreambooth.read_config_file(args.config) if args.config else {}
     if args.preset:
         values["preset"] = args.preset
-    for name in [*DREAMBOOTH_OPTIONS, "use_lora", "with_prior_preservation"]:
+    for name in [*DREAMBOOTH_OPTIONS, "use_lora", "with_prior_preservation", "overwrite"]:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     for item in args.set or []:
@@ -131,7 +131,11 @@ def cmd_dreambooth(args):
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return
-    result = dreambooth.train_dreambooth(config, progress=not args.quiet, stop_at_step=args.stop_at_step)
+    try:
+        result = dreambooth.train_dreambooth(config, progress=not args.quiet, stop_at_step=args.stop_at_step)
+    except OSError as error:  # the export failed; the message says where the trained weights are
+        print(f"sdcourse: error: {error}", file=sys.stderr)
+        return 1
     if not PartialState().is_main_process:  # under `accelerate launch`, one process reports
         return
     print(json.dumps(result.summary()))
@@ -212,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--use-lora", "--use_lora", dest="use_lora", action="store_const", const=True, default=None)
     db.add_argument("--with-prior-preservation", "--with_prior_preservation", dest="with_prior_preservation",
                     action=argparse.BooleanOptionalAction, default=None)
+    db.add_argument("--overwrite", dest="overwrite", action="store_const", const=True, default=None,
+                    help="replace a finished model already in --output-dir (it is kept otherwise)")
     db.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other config field (value read as YAML)")
     db.add_argument("--stop-at-step", type=int, help="end this sitting at this step (a checkpoint is saved)")
     db.add_argument("--print-config", action="store_true", help="print the resulting config as YAML and exit")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import judge, world
+from .dreambooth.checks import check_count, check_finite, check_seeds
 from .dreambooth.config import IDENTIFIER
 from .latents import seeded_generator
 from .models import images_per_batch
@@ -25,8 +26,8 @@ def subject_scenes(n: int = 8, seed: int = 0, colour: str = CONCEPT_COLOUR) -> l
     """`n` scenes of ONE subject: the held-out star in one colour, at varied sizes, positions and
     backgrounds (never its own colour). A DreamBooth subject is one specific thing, so
     "a sks shape" comes to mean "a {colour} star", and prompts can still change its background."""
-    if colour not in world.COLOURS:
-        raise ValueError(f"colour={colour!r} is not one of {', '.join(world.COLOURS)}.")
+    check_count("n", n)
+    _check_colour(colour)
     scenes, batch = [], 0
     while len(scenes) < n:
         for scene in world.concept_scenes(4 * n, seed=seed + 1000 * batch):
@@ -35,6 +36,11 @@ def subject_scenes(n: int = 8, seed: int = 0, colour: str = CONCEPT_COLOUR) -> l
                 scenes.append(scene)
         batch += 1
     return scenes
+
+
+def _check_colour(colour) -> None:
+    if colour not in world.COLOURS:
+        raise ValueError(f"colour={colour!r} is not one of {', '.join(world.COLOURS)}.")
 
 
 def concept_caption(scene, identifier: str = IDENTIFIER) -> str:
@@ -48,9 +54,10 @@ def write_concept_images(folder, n: int = 8, seed: int = 0, colour: str = CONCEP
                          caption_extension: str | None = None) -> Path:
     """Render `subject_scenes(n, seed, colour)` as PNG instance images into `folder`; with
     `caption_extension` (".txt") also each image's `concept_caption` beside it."""
+    scenes = subject_scenes(n, seed, colour)  # checks n and colour before the folder is made
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, scene in enumerate(subject_scenes(n, seed, colour)):
+    for i, scene in enumerate(scenes):
         world.render(scene).pil().save(folder / f"instance_{i:02d}.png")
         if caption_extension:
             (folder / f"instance_{i:02d}{caption_extension}").write_text(concept_caption(scene) + "\n", encoding="utf-8")
@@ -120,6 +127,12 @@ def concept_scores(pipe, identifier: str = IDENTIFIER, colour: str | None = CONC
       its seeds are not those of the class images (0, 1, ...). Ten seeds per colour, so that the
       score's own spread stays well under the drift bar of 10 points.
     """
+    seeds, composition_seeds, class_seeds = (check_seeds(name, value) for name, value in (
+        ("seeds", seeds), ("composition_seeds", composition_seeds), ("class_seeds", class_seeds)))
+    check_count("num_inference_steps", num_inference_steps)
+    check_finite("guidance_scale", guidance_scale)
+    if colour is not None:
+        _check_colour(colour)
     prompts = concept_prompts(identifier, colour)
     run = dict(identifier=identifier, steps=num_inference_steps, guidance_scale=guidance_scale)
     concept = _judged(pipe, prompts["concept"], seeds, **run)

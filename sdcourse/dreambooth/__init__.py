@@ -26,9 +26,11 @@ GPUs, checkpoints), peft provides LoRA, bitsandbytes (optional) the 8-bit Adam o
 
 Files: `output_dir` holds only the finished model (a diffusers folder, or LoRA weights in
 safetensors) and its model card; it appears in one rename at the end, so it is never
-half-written. `run_dir` (default "<output_dir>-run") holds what training needs on the way:
-checkpoints `checkpoint-<step>` (each written to a temporary folder and renamed when
-complete) and validation grids. Class images are cached in `class_data_dir` and reused.
+half-written, and a finished model there is kept unless `overwrite=True`. `run_dir` (default
+"<output_dir>-run") holds what training needs on the way: checkpoints `checkpoint-<step>` (each
+written to a temporary folder and renamed when complete) and validation grids. Class images are
+cached in `class_data_dir` and reused. Every folder the run writes is checked writable, and kept
+apart from `instance_data_dir`, before the first step.
 
 Resuming: the batch order of epoch e comes from (seed, e) and the noise and timesteps of
 step k from (seed, k), so a run resumed from a checkpoint sees the batches and noise that
@@ -71,12 +73,21 @@ from .checks import (  # noqa: F401
     bitsandbytes_problem,
     check_8bit_adam,
     check_config,
+    check_count,
     check_device,
+    check_finite,
+    check_folders,
     check_hub_reachable,
     check_identifier,
+    check_optimizer_numbers,
     check_output_dir,
     check_resolution,
+    check_seeds,
+    check_stop_at_step,
+    check_types,
+    check_writable,
     expected_device,
+    remove_interrupted_exports,
 )
 from .data import (  # noqa: F401
     IMAGE_SUFFIXES,
@@ -93,6 +104,7 @@ from .data import (  # noqa: F401
 )
 from .model import (  # noqa: F401
     IDENTIFIER_EMBEDDINGS,
+    LORA_WEIGHTS,
     add_lora,
     identifier_embeddings,
     identifier_token_ids,
@@ -117,6 +129,7 @@ from .step import (  # noqa: F401
 from .checkpoints import (  # noqa: F401
     check_checkpoint_matches,
     checkpoint_folders,
+    checkpoint_problem,
     checkpoint_step,
     find_resume_checkpoint,
     register_lora_checkpoint_hooks,
@@ -134,6 +147,9 @@ from .export import (  # noqa: F401
 from .loop import (  # noqa: F401
     DreamBoothResult,
     DreamBoothTraining,
+    check_trained_weights,
+    finish_export,
+    keep_trained_weights,
     make_accelerator,
     prior_class_images,
     save_validation_grid,

@@ -8,4 +8,7 @@ from .loop import train_dreambooth
 
 if len(sys.argv) != 2:
     sys.exit("usage: python -m sdcourse.dreambooth CONFIG.yaml")
-print(json.dumps(train_dreambooth(DreamBoothConfig.from_file(sys.argv[1])).summary()))
+try:
+    print(json.dumps(train_dreambooth(DreamBoothConfig.from_file(sys.argv[1])).summary()))
+except (ValueError, OSError) as error:  # a bad config, or an export that failed (the message says where)
+    sys.exit(f"sdcourse.dreambooth: error: {error}")

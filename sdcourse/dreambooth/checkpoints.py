@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 
 from ..training import replace_folder
-from .config import DreamBoothConfig, model_name
+from .config import DreamBoothConfig, DreamBoothWarning, model_name
 from .model import load_identifier_embeddings, save_identifier_embeddings
 
 
@@ -77,8 +79,55 @@ def find_resume_checkpoint(config: DreamBoothConfig) -> Path | None:
             )
         return None
     if config.resume_from_checkpoint == "latest":
-        return existing[-1][1] if existing else None
-    return Path(config.resume_from_checkpoint)
+        broken = []
+        for _, folder in reversed(existing):
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                if broken:
+                    warnings.warn(
+                        f"checkpoint {'; '.join(broken)} is damaged: resuming from {str(folder)!r} instead "
+                        "(the damaged one is replaced when training passes its step again).",
+                        DreamBoothWarning, stacklevel=3)
+                return folder
+            broken.append(f"{str(folder)!r} ({problem})")
+        if broken:
+            raise ValueError(
+                f"resume_from_checkpoint='latest': every checkpoint in run_dir={str(config.run_path)!r} is damaged: "
+                f"{'; '.join(broken)}. Delete them and start over (resume_from_checkpoint=None), or restore one "
+                "from a backup."
+            )
+        return None
+    folder = Path(config.resume_from_checkpoint)
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise ValueError(f"resume_from_checkpoint={str(folder)!r} is damaged ({problem}): choose another "
+                         "checkpoint-<step> folder, or 'latest' to take the newest whole one.")
+    return folder
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes a checkpoint unusable (a file cut short by a full disk or a copy, its state missing),
+    or None when every file is whole. Reads only headers and zip directories, not the tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    state = folder / "training_state.json"
+    try:
+        json.loads(state.read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "training_state.json is missing or unreadable"
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            return f"{path.name} is cut short or unreadable: {error}"
+    for path in sorted(folder.glob("*.bin")):  # torch.save writes zip archives
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError):
+            return f"{path.name} is cut short or unreadable"
+    return None
 
 
 def check_checkpoint_matches(folder: Path, config: DreamBoothConfig) -> int:

@@ -111,6 +111,8 @@ class DreamBoothConfig:
     resume_from_checkpoint: str | None = None  # None, "latest" or a checkpoint folder
     seed: int = 0
     output_dir: str = "dreambooth-model"
+    # a finished model already in output_dir is kept unless this is True (CLI: --overwrite)
+    overwrite: bool = False
     run_dir: str | None = None  # default: <output_dir>-run
     push_to_hub: bool = False
     hub_model_id: str | None = None  # default: the output folder's name
@@ -289,12 +291,13 @@ def _check_preset(name) -> str:
 
 
 def _coerce(f: dataclasses.Field, value):
-    """YAML reads 5e-6 as a string; turn numeric strings into the field's number type."""
+    """YAML 1.1 reads 1e-4 (no dot) as a string; turn numeric strings into the field's number type."""
     if isinstance(value, str) and f.type in ("float | None", "float", "int", "int | None"):
         try:
             return float(value) if "float" in f.type else int(value)
         except ValueError:
-            raise ValueError(f"{f.name}={value!r} is not a number.") from None
+            kind = "a number, e.g. 1e-4" if "float" in f.type else "a whole number, e.g. 400"
+            raise ValueError(f"{f.name}={value!r} is not {kind}.") from None
     return value
 
 

@@ -34,6 +34,8 @@ def load_images(folder, resolution: int, what: str = "instance_data_dir", ignore
 def read_images(folder, resolution: int, what: str = "instance_data_dir", ignore=(), ignore_suffix: str | None = None
                 ) -> dict[Path, Image.Image]:
     """`load_images`, keyed by file path; files ending in `ignore_suffix` (captions) are not images."""
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+        raise ValueError(f"resolution={resolution!r} must be a whole number of pixels of at least 1.")
     if folder is None:
         raise ValueError(f"{what} is not set: give the folder that holds the images.")
     folder = Path(folder)

@@ -158,12 +158,24 @@ def push_to_hub(folder, repo_id: str, private: bool = False) -> str:
 def export_model(training: DreamBoothTraining, config: DreamBoothConfig, n_instance: int,
                  result: DreamBoothResult) -> Path:
     """Write the finished model (diffusers folder or LoRA weights), a validation grid and the
-    model card to a temporary folder, then rename it to output_dir; push it if asked."""
+    model card to a temporary folder, then rename it to output_dir. A failed write removes the
+    temporary folder (a killed one is removed by the next run: `checks.remove_interrupted_exports`)."""
     out = Path(config.output_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        write_model(tmp, training, config, n_instance, result)
+        replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def write_model(tmp: Path, training: DreamBoothTraining, config: DreamBoothConfig, n_instance: int,
+                result: DreamBoothResult) -> None:
+    """The finished model, its validation grid and its model card, written into the folder tmp."""
     pipe = trained_pipeline(training)
     for module in training.modules:
         module.eval()
@@ -191,7 +203,3 @@ def export_model(training: DreamBoothTraining, config: DreamBoothConfig, n_insta
     card = model_card(config, training.resolution, n_instance, result.global_step, result.train_seconds,
                       final_loss, has_grid)
     (tmp / "README.md").write_text(card)
-    replace_folder(tmp, out)
-    if config.push_to_hub:
-        push_to_hub(out, config.hub_model_id or out.name)
-    return out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -28,11 +29,14 @@ from .checks import (
     check_identifier,
     check_output_dir,
     check_resolution,
+    check_stop_at_step,
+    check_writable,
     expected_device,
+    remove_interrupted_exports,
 )
 from .config import DreamBoothConfig, trains_text
 from .data import generate_class_images, load_images, load_instance_data, prepare_data
-from .export import export_model
+from .export import export_model, push_to_hub
 from .model import (
     load_base_pipeline,
     make_optimizer,
@@ -142,23 +146,26 @@ def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_st
     """
     # 1. Check everything that can be checked before anything is written.
     check_config(config)
-    check_output_dir(config)
+    check_stop_at_step(stop_at_step)
+    resume_from = find_resume_checkpoint(config)
+    if resume_from is not None:
+        check_checkpoint_matches(resume_from, config)
+    check_output_dir(config, resuming=resume_from is not None)
     check_device(config, expected_device())  # before accelerate fixes mixed precision for the process
     check_8bit_adam(config)  # before the models, class images and training that plain AdamW would lose
     accelerator = make_accelerator(config)
     check_device(config, accelerator.device)
-    resume_from = find_resume_checkpoint(config)
     base = load_base_pipeline(config.model)
     resolution = config.resolution or model_resolution(base)
     check_resolution(base, resolution)
     check_identifier(base.tokenizer, config)
     instance_images, instance_prompts = load_instance_data(config, resolution)
-    if resume_from is not None:
-        check_checkpoint_matches(resume_from, config)
 
-    # 2. The run folder, and class images for prior preservation (made once, by the main process).
-    config.run_path.mkdir(parents=True, exist_ok=True)
+    # 2. The folders (made and test-written by every process, so all stop together), leftovers of
+    # interrupted runs removed, and class images for prior preservation (made once, by the main process).
+    check_writable(config)
     if accelerator.is_main_process:
+        remove_interrupted_exports(config)
         # a checkpoint cut off by a crash, or one a crash kept from being replaced
         for stale in [*config.run_path.glob("tmp-checkpoint-*"), *config.run_path.glob("checkpoint-*.old")]:
             shutil.rmtree(stale)
@@ -180,13 +187,67 @@ def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_st
         return result
 
     # 4. The finished model, written to a temporary folder and renamed into place.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        result.output_dir = export_model(training, config, len(instance_images), result)
-    accelerator.wait_for_everyone()
+    check_trained_weights(training, config, result)
+    finish_export(training, config, len(instance_images), result)
     result.finished = True
     accelerator.end_training()
     return result
+
+
+def finish_export(training: DreamBoothTraining, config: DreamBoothConfig, n_instance: int,
+                  result: DreamBoothResult) -> None:
+    """Export the model on the main process (and push it when asked); when that fails every process
+    raises, after keeping the trained weights in run_dir."""
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = training.accelerator
+    accelerator.wait_for_everyone()
+    failure = [None]  # (whether output_dir was written, what went wrong)
+    if accelerator.is_main_process:
+        try:
+            result.output_dir = export_model(training, config, n_instance, result)
+            if config.push_to_hub:
+                push_to_hub(result.output_dir, config.hub_model_id or result.output_dir.name)
+        except Exception as error:  # a full disk, a folder made read-only since the start: keep the weights
+            failure[0] = (result.output_dir is not None, f"{type(error).__name__}: {error}")
+    broadcast_object_list(failure)  # every process raises, so none waits for the others forever
+    if failure[0] is not None:
+        exported, problem = failure[0]
+        if exported:
+            raise OSError(f"the model is in output_dir={str(config.output_dir)!r}, but pushing it to the Hub failed "
+                          f"({problem}): upload it later with sdcourse.dreambooth.push_to_hub(output_dir, repo_id).")
+        keep_trained_weights(training, config, result, problem)
+    accelerator.wait_for_everyone()
+
+
+def check_trained_weights(training: DreamBoothTraining, config: DreamBoothConfig, result: DreamBoothResult) -> None:
+    """Non-finite weights after training are an error, not an export: the steps were too large."""
+    bad = sum(int((~torch.isfinite(param.detach())).sum()) for param in training.params)
+    if not bad:
+        return
+    first = next((step for step, loss in enumerate(result.losses, start=result.resumed_from_step + 1)
+                  if not math.isfinite(loss)), None)
+    when = f"; the loss first became NaN or infinite at step {first}" if first else ""
+    raise ValueError(
+        f"training diverged: {bad} trained weights are NaN or infinite after step {result.global_step}{when}. "
+        f"The learning rate ({config.lr:g}) is probably too high for this model and method: lower it (the "
+        f"default here is {dataclasses.replace(config, learning_rate=None).lr:g}) and start again in a new run_dir. "
+        "Nothing was exported."
+    )
+
+
+def keep_trained_weights(training: DreamBoothTraining, config: DreamBoothConfig, result: DreamBoothResult,
+                         problem: str) -> None:
+    """The export failed: keep the trained weights as a checkpoint in run_dir (all processes take part)
+    and say where they are and how to export them."""
+    checkpoint = config.run_path / f"checkpoint-{result.global_step}"
+    if not checkpoint.is_dir():
+        save_run_checkpoint(training.accelerator, config.run_path, result.global_step, config)
+    raise OSError(
+        f"the finished model could not be written to output_dir={str(config.output_dir)!r} ({problem}). "
+        f"The trained weights are kept in {str(checkpoint)!r}: fix the folder (or choose another output_dir) "
+        "and run again with resume_from_checkpoint='latest', which exports without training again."
+    )
 
 
 def prior_class_images(base, config: DreamBoothConfig, accelerator, resolution: int, progress: bool) -> list | None:

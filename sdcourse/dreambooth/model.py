@@ -20,6 +20,8 @@ from .config import LORA_TEXT_ENCODER_TARGETS, DreamBoothConfig, DreamBoothWarni
 if TYPE_CHECKING:
     from .loop import DreamBoothTraining
 
+# The file diffusers' save_lora_weights writes (and load_lora_weights reads) in a LoRA output.
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 IDENTIFIER_EMBEDDINGS = "identifier_embeddings.safetensors"  # pivotal tuning's learned token embeddings
 
 
@@ -36,7 +38,9 @@ def load_base_pipeline(model):
         return pipe
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a name, hub id, folder or pipeline, got {type(model).__name__}.")
-    if Path(model).is_dir():
+    # A saved pipeline folder; anything else is a name for load_pipeline, so that a folder which happens
+    # to be called "mini" in the working directory does not hide the shipped model.
+    if (Path(model) / "model_index.json").is_file():
         return StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, use_safetensors=True)
     return load_pipeline(str(model), task="text2img", device="cpu", dtype=torch.float32)
 
@@ -154,6 +158,14 @@ def set_identifier_embeddings(text_encoder, tokenizer, embeddings: dict) -> None
 def load_lora_output(pipe, folder) -> None:
     """Load a LoRA DreamBooth output into `pipe` (the base model it was trained from): the LoRA
     weights and, with pivotal tuning, the learned identifier embeddings."""
+    folder = Path(folder)
+    if not (folder / LORA_WEIGHTS).is_file():
+        full = (folder / "model_index.json").is_file()
+        raise ValueError(
+            f"folder={str(folder)!r} holds no LoRA weights ({LORA_WEIGHTS})"
+            + (": it is a full fine-tune, load it with StableDiffusionPipeline.from_pretrained(folder)." if full
+               else ": give the output_dir of a LoRA DreamBooth run (use_lora=True).")
+        )
     pipe.load_lora_weights(folder)
     if (Path(folder) / IDENTIFIER_EMBEDDINGS).is_file():
         load_identifier_embeddings(pipe.text_encoder, pipe.tokenizer, folder)
