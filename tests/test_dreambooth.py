@@ -597,11 +597,17 @@ def test_two_processes_under_torchrun_share_one_run(data, tmp_path):
                          max_train_steps=4, checkpointing_steps=4)
     path = config.save(tmp_path / "config.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "sdcourse.cli", "dreambooth", "--config", str(path), "-q"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "sdcourse.cli", "dreambooth", "--config", str(path), "-q"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both workers: none left behind
+            stdout, stderr = launcher.communicate()
+            pytest.fail(f"two processes did not finish in 240 s; stdout: {stdout[-1500:]}\nstderr: {stderr[-3000:]}")
+    done = subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # the main process reports

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -48,6 +49,8 @@ from .model import (
     validation_grid,
 )
 from .step import training_loss
+
+EXPORT_FAILED = "export-failed.json"  # the main process's verdict on the export, read by every process
 
 
 @dataclass
@@ -197,27 +200,28 @@ def train_dreambooth(config: DreamBoothConfig, progress: bool = True, stop_at_st
 def finish_export(training: DreamBoothTraining, config: DreamBoothConfig, n_instance: int,
                   result: DreamBoothResult) -> None:
     """Export the model on the main process (and push it when asked); when that fails every process
-    raises, after keeping the trained weights in run_dir."""
-    from accelerate.utils import broadcast_object_list
-
+    raises, after keeping the trained weights in run_dir. The main process leaves its verdict in
+    run_dir for the others, so that only barriers synchronise the processes, as during training."""
     accelerator = training.accelerator
+    verdict = config.run_path / EXPORT_FAILED
     accelerator.wait_for_everyone()
-    failure = [None]  # (whether output_dir was written, what went wrong)
     if accelerator.is_main_process:
+        verdict.unlink(missing_ok=True)
         try:
             result.output_dir = export_model(training, config, n_instance, result)
             if config.push_to_hub:
                 push_to_hub(result.output_dir, config.hub_model_id or result.output_dir.name)
         except Exception as error:  # a full disk, a folder made read-only since the start: keep the weights
-            failure[0] = (result.output_dir is not None, f"{type(error).__name__}: {error}")
-    broadcast_object_list(failure)  # every process raises, so none waits for the others forever
-    if failure[0] is not None:
-        exported, problem = failure[0]
-        if exported:
-            raise OSError(f"the model is in output_dir={str(config.output_dir)!r}, but pushing it to the Hub failed "
-                          f"({problem}): upload it later with sdcourse.dreambooth.push_to_hub(output_dir, repo_id).")
-        keep_trained_weights(training, config, result, problem)
+            problem = {"exported": result.output_dir is not None, "problem": f"{type(error).__name__}: {error}"}
+            verdict.write_text(json.dumps(problem))
     accelerator.wait_for_everyone()
+    if verdict.is_file():
+        failure = json.loads(verdict.read_text())
+        if failure["exported"]:
+            raise OSError(f"the model is in output_dir={str(config.output_dir)!r}, but pushing it to the Hub failed "
+                          f"({failure['problem']}): upload it later with "
+                          "sdcourse.dreambooth.push_to_hub(output_dir, repo_id).")
+        keep_trained_weights(training, config, result, failure["problem"])
 
 
 def check_trained_weights(training: DreamBoothTraining, config: DreamBoothConfig, result: DreamBoothResult) -> None:
@@ -241,7 +245,9 @@ def keep_trained_weights(training: DreamBoothTraining, config: DreamBoothConfig,
     """The export failed: keep the trained weights as a checkpoint in run_dir (all processes take part)
     and say where they are and how to export them."""
     checkpoint = config.run_path / f"checkpoint-{result.global_step}"
-    if not checkpoint.is_dir():
+    saved = checkpoint.is_dir()
+    training.accelerator.wait_for_everyone()  # every process has looked before any of them saves
+    if not saved:
         save_run_checkpoint(training.accelerator, config.run_path, result.global_step, config)
     raise OSError(
         f"the finished model could not be written to output_dir={str(config.output_dir)!r} ({problem}). "
