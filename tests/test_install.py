@@ -133,6 +133,7 @@ def test_the_unit_tests_pass_at_the_declared_minimum_versions(tmp_path):
     assert {name: installed.get(name) for name in minima()} == minima()  # pip really took the minima
     done = subprocess.run(
         [str(python), "-m", "pytest", "tests", "-m", "not slow and not long and not quality", "-p", "no:cacheprovider", "-q",
+         "-rfE",  # the report ends with the failures' names
          "--ignore", "tests/test_workbook.py", "--ignore", "tests/test_widgets.py", "--ignore", "tests/test_browser.py",
          "--ignore", "tests/test_notebook_prose.py"],  # prose checks need the test extra's markdown-it-py
         cwd=ROOT, env=env, capture_output=True, text=True,
