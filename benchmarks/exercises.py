@@ -76,6 +76,7 @@ def main():
     section = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
+        "load_average_at_start": round(os.getloadavg()[0], 2),  # other work on the machine inflates the times
         "checks": time_checks(),
     }
     if not args.checks:
