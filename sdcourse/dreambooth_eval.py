@@ -155,3 +155,33 @@ def concept_report(pipe_before, pipe_after, **settings) -> dict:
     before − after (positive: the model forgot some of the class). `settings` go to concept_scores."""
     before, after = concept_scores(pipe_before, **settings), concept_scores(pipe_after, **settings)
     return {"before": before, "after": after, "class_drop": before["class"] - after["class"]}
+
+
+
+CHAPTER_STEPS = 400  # chapter 5's live runs: the fewest steps in which its LoRA with prior preservation drew the star
+
+
+def chapter_settings(max_train_steps: int | None = None) -> dict:
+    """Chapter 5's live runs on mini-SD: what they change in the "cpu-mini" preset, so that a LoRA
+    with prior preservation learns the star in the steps a 2-core CPU affords in the chapter.
+
+    The preset's plain MSE and cosine decay learn the star in about 600 steps; min-SNR weighting with
+    an x0-weight floor (the noisiest steps, where a new outline is decided) at a constant rate after
+    the warm-up learns it in fewer (benchmarks/dreambooth_fast.py measures both against steps).
+    `max_train_steps` None: CHAPTER_STEPS; the warm-up stays a twelfth of the run, as the preset's.
+    """
+    if max_train_steps is None:
+        max_train_steps = CHAPTER_STEPS
+    if not isinstance(max_train_steps, int) or max_train_steps < 1:
+        raise ValueError(f"max_train_steps={max_train_steps!r} must be a positive whole number of steps.")
+    return dict(
+        concept_settings(), max_train_steps=max_train_steps, lr_warmup_steps=max_train_steps // 12,
+        lr_scheduler="constant_with_warmup", snr_gamma=5.0, snr_floor=0.2, num_class_images=64,
+        num_inference_steps=25,
+    )
+
+
+def chapter_eval_settings() -> dict:
+    """Chapter 5's live measurement (`concept_scores` settings): 10 seeds for "a sks shape" (a bar
+    of 0.7 is 7 images in 10) and 3 per colour for the class, fewer than the project's 30 and 10."""
+    return dict(seeds=range(10), composition_seeds=range(1), class_seeds=range(1000, 1003), num_inference_steps=20)
