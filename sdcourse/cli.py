@@ -101,6 +101,9 @@ def cmd_train_mini(args):
     unknown = set(stages) - set(train_mini.STAGES)
     if unknown:
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {','.join(train_mini.STAGES)}")
+    if args.from_shipped:
+        for stage in stages:
+            train_mini.start_from_shipped(config, stage, models.MINI_DIR)
     result = train_mini.train(config, stages=stages, assets_dir=args.export)
     print(json.dumps(result))
     if not result["finished"]:
@@ -201,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("train-mini", help="train (or resume) the mini-SD family on the shapes world")
     tm.add_argument("--config", type=Path, help="JSON file of MiniTrainConfig fields")
     tm.add_argument("--run-dir", dest="run_dir", help="checkpoints and finished stages (default runs/mini-sd)")
-    tm.add_argument("--stages", help="comma-separated subset of vae,base,refine,layout,settle,inpaint,depth,upscale (run in that order)")
+    tm.add_argument("--stages", help="comma-separated subset of vae,base,refine,layout,settle,inpaint,depth,upscale,words "
+                    "(run in that order)")
+    tm.add_argument("--from-shipped", action="store_true",
+                    help="continue the shipped mini-SD: the run starts from its weights (e.g. --stages words)")
     tm.add_argument("--max-minutes", dest="max_minutes", type=float, help="end this sitting after this long")
     tm.add_argument("--num-threads", dest="num_threads", type=int)
     tm.add_argument("--device", help="where the UNet stages train (default cpu; cuda runs the same recipe faster)")

@@ -17,10 +17,16 @@ its object goes, and where the noisy latents still show the objects, attention f
 without reading the caption (grounding every word at every timestep moved the attention, not
 the arrangement). It works together with mirrored noisy latents and many more two-object
 examples at high noise (`train_mini.more_high_noise`); CHANGELOG.md has the measurements.
+
+The words stage that follows grounds every content word at every timestep: each object's colour,
+shape, size and position words on its object, and "background" with its colour word on the
+background (everything outside the objects). Without it the maps of the background's words sat on
+the object, as every word's did: the objects are what attention finds first.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +35,8 @@ from .attention import RecordingProcessor, cross_attention_layers
 
 OBJECT_WORDS = frozenset([*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES, *world.POSITIONS])
 POSITION_WORDS = frozenset(world.POSITIONS)  # what mini-SD's layout stage grounds
+BACKGROUND = "background"  # among `words`: ground "background" and its colour word on the background
+CONTENT_WORDS = OBJECT_WORDS | {BACKGROUND}  # what mini-SD's words stage grounds
 
 
 def object_tokens(tokenizer, input_ids, words=OBJECT_WORDS) -> list[list[int]]:
@@ -48,19 +56,32 @@ def object_tokens(tokenizer, input_ids, words=OBJECT_WORDS) -> list[list[int]]:
     return [[i for i in positions if tokens[i] in words] for positions in objects if positions]
 
 
+def background_tokens(tokenizer, input_ids) -> list[int]:
+    """The token positions of "background" and of the colour word just before it, if the caption has them."""
+    tokens = [token.removesuffix("</w>") for token in tokenizer.convert_ids_to_tokens(list(input_ids))]
+    positions = []
+    for i, token in enumerate(tokens):
+        if token == BACKGROUND:
+            positions += [i - 1, i] if i > 0 and tokens[i - 1] in world.COLOURS else [i]
+    return positions
+
+
 def token_masks(tokenizer, input_ids: torch.Tensor, scenes, words=OBJECT_WORDS) -> torch.Tensor:
-    """(batch, tokens, 64, 64): each object word's object mask, zero for every other token
-    (and for every token of an empty caption)."""
+    """(batch, tokens, 64, 64): each object word's object mask, the background's words (when `words`
+    has BACKGROUND) everything outside the objects, zero for every other token and empty caption."""
     batch, n_tokens = input_ids.shape
     masks = torch.zeros(batch, n_tokens, world.IMAGE_SIZE, world.IMAGE_SIZE)
     for b, (ids, scene) in enumerate(zip(input_ids, scenes)):
         objects = object_tokens(tokenizer, ids.tolist(), words)
-        if not objects:
+        background = background_tokens(tokenizer, ids.tolist()) if BACKGROUND in words else []
+        if not objects and not background:
             continue
-        if len(objects) != len(scene.objects):
+        object_masks = torch.from_numpy(np.stack(world.render(scene).masks)).float()
+        if objects and len(objects) != len(scene.objects):
             raise ValueError(f"caption {b} names {len(objects)} objects, its scene has {len(scene.objects)}")
-        for positions, mask in zip(objects, world.render(scene).masks):
-            masks[b, positions] = torch.from_numpy(mask).float()
+        for positions, mask in zip(objects, object_masks):
+            masks[b, positions] = mask
+        masks[b, background] = 1 - object_masks.amax(dim=0)
     return masks
 
 
@@ -85,9 +106,15 @@ def record_cross_attention(unet) -> AttentionRecorder:
     return recorder
 
 
-def grounding_loss(maps: list[torch.Tensor], tokenizer, input_ids: torch.Tensor, scenes, samples=None, words=OBJECT_WORDS) -> torch.Tensor:
-    """Mean over layers and object words of 1 − (the word's attention inside its object) / (all of it),
-    over the batch or over the examples that `samples` (bool, per example) selects."""
+def grounding_loss(maps: list[torch.Tensor], tokenizer, input_ids: torch.Tensor, scenes, samples=None, words=OBJECT_WORDS,
+                   per_area: bool = False) -> torch.Tensor:
+    """Mean over layers and grounded words of 1 − (the word's attention inside its region) / (all of it),
+    over the batch or over the examples that `samples` (bool, per example) selects.
+
+    per_area: compare attention per pixel instead, inside / (inside + outside), each the mean over its
+    area. A word's share of attention on a large region (the background) is high even when its map is
+    heavier on the object; per pixel, the map must be heavier on its own region.
+    """
     losses = []
     full_masks = token_masks(tokenizer, input_ids, scenes, words)
     masks_by_grid = {}
@@ -101,8 +128,14 @@ def grounding_loss(maps: list[torch.Tensor], tokenizer, input_ids: torch.Tensor,
             named = named & samples[:, None].to(named.device)
         if not named.any():
             continue
-        inside = torch.einsum("bpt,btp->bt", attention, masks) / (attention.sum(dim=1) + 1e-8)
-        losses.append((1 - inside)[named].mean())
+        inside = torch.einsum("bpt,btp->bt", attention, masks)
+        if per_area:
+            outside = torch.einsum("bpt,btp->bt", attention, 1 - masks) / (1 - masks).sum(dim=2).clamp(min=1e-3)
+            inside = inside / masks.sum(dim=2).clamp(min=1e-3)
+            share = inside / (inside + outside + 1e-8)
+        else:
+            share = inside / (attention.sum(dim=1) + 1e-8)
+        losses.append((1 - share)[named].mean())
     if not losses:
         return torch.zeros((), device=maps[0].device if maps else "cpu")
     return torch.stack(losses).mean()

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from . import quality
 from .train_mini.config import STAGES, TEXT_STAGES, UNET_FOLDER, VARIANT_IN_CHANNELS
+from .world import POSITIONS
 
 HEADER = [
     "---", "library_name: diffusers", "tags: [stable-diffusion, tiny, education]", "---", "",
@@ -85,6 +86,7 @@ def training_lines(config: dict) -> list[str]:
         "the few examples where only the words say which object goes",
         "where were too rare to teach it. A settle stage continues that UNet on white noise (the noise sampling starts",
         "from)" + settle,
+        *words_lines(config),
         f"All stages: {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise "
@@ -96,6 +98,20 @@ def training_lines(config: dict) -> list[str]:
     ]
 
 
+def words_lines(config: dict) -> list[str]:
+    """The words stage, when the run had one."""
+    if not config.get("words_steps"):
+        return []
+    return [
+        "A words stage continues settle's UNet on white noise, with a grounding loss "
+        f"(weight {config['words_grounding_weight']:g}) on every content word",
+        "at every timestep: each object's colour, shape, size and position words on that object, \"background\" and",
+        "its colour word on everything else, compared per pixel (a word's mean attention on its region against its",
+        "mean elsewhere). Without it every word's attention map, the background's too, sat on the object. Its UNet",
+        "is the text-to-image UNet that ships.",
+    ]
+
+
 def stage_table(assets_dir: Path, training: dict) -> list[str]:
     """One row per shipped component of each stage: parameters, steps, minutes, loss weighting and noise,
     and how often captions said sizes / positions."""
@@ -103,7 +119,8 @@ def stage_table(assets_dir: Path, training: dict) -> list[str]:
         "| stage | component | parameters | steps | minutes | loss weighting; noise | sizes / positions said |",
         "|---|---|---|---|---|---|---|",
     ]
-    folders = [(stage, folder) for stage in STAGES for folder in (
+    in_order = [s for s in STAGES if s not in VARIANT_IN_CHANNELS] + list(VARIANT_IN_CHANNELS)  # text-to-image first
+    folders = [(stage, folder) for stage in in_order for folder in (
         ("vae",) if stage == "vae" else ("text_encoder", "unet") if stage in TEXT_STAGES else (UNET_FOLDER.get(stage, "unet"),))]
     for stage, folder in folders:
         if not (assets_dir / folder).is_dir():
@@ -129,8 +146,11 @@ def loss_weighting(log: dict, config: dict) -> str:
         weighting += f"; pyramid noise {log['pyramid_noise_discount']:g}"
     if log.get("p_mirror"):
         weighting += f"; {log['p_mirror']:.0%} mirrored at t ≥ {log['mirror_min_timestep']}"
-    if log.get("grounding_weight"):
+    if log.get("grounding_weight") and set(log.get("grounded_words", POSITIONS)) <= set(POSITIONS):
         weighting += f"; position grounding {log['grounding_weight']:g}"
+    elif log.get("grounding_weight"):
+        per_pixel = " per pixel" if log.get("grounding_per_area") else ""
+        weighting += f"; every content word grounded {log['grounding_weight']:g}{per_pixel} at t ≥ {log['grounding_min_timestep']}"
     if log.get("p_two_objects"):
         weighting += f"; {log['p_two_objects']:.0%} of each batch redrawn as two-object scenes"
     if log.get("p_two_high_noise"):

@@ -16,6 +16,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from . import checks, judge, world
+from .attention import trace
 from .guidance import _check_prompts, _check_scales, _check_seeds
 from .latents import psnr_from_mse, seeded_generator
 from .models import images_per_batch
@@ -199,6 +200,97 @@ def upscale_quality(pipe, scenes, seed=0, steps=25, guidance_scale=UPSCALE_GUIDA
         right.append(judge.judge(out, world.caption(scene)).correct)
     return dict(n=len(scenes), psnr=float(np.mean(ours)), psnr_bicubic=float(np.mean(bicubic)),
                 judged_right=float(np.mean(right)))
+
+
+# --------------------------------------------------------------------------- word maps
+
+OBJECT_ROLES = ("colour", "shape", "size", "position")  # words about one object
+BACKGROUND_ROLES = ("background", "background_colour")  # "background" and the colour word before it
+OTHER_ROLES = ("function", "start", "end")  # "a", "on", "the", "and", ","; <|startoftext|>, <|endoftext|>
+
+
+def one_object_prompts(n: int, seed: int = EVAL_SEED) -> list[str]:
+    """`n` prompts "a {colour} {shape} on a {colour} background" (chapter 2's form, no size or position)."""
+    plain = [world.Scene(background=s.background, objects=[dataclasses.replace(o, size=None, position=None)
+                                                             for o in s.objects])
+             for s in eval_scenes(n, two_objects=False, seed=seed)]
+    return [world.caption(scene) for scene in plain]
+
+
+def word_roles(tokenizer, prompt: str) -> list[tuple[int, str, int | None]]:
+    """(token position, role, object index or None) for every token of `prompt`, start and end included."""
+    tokens = [t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(tokenizer(prompt).input_ids)]
+    roles, obj = [], 0
+    kinds = [(world.COLOURS, "colour"), ((*world.ALL_SHAPES, world.CLASS_NOUN), "shape"), (world.SIZES, "size"),
+             (world.POSITIONS, "position")]
+    for i, token in enumerate(tokens):
+        if i in (0, len(tokens) - 1):
+            roles.append((i, "start" if i == 0 else "end", None))
+        elif token == "background" or (token in world.COLOURS and tokens[i + 1] == "background"):
+            roles.append((i, "background" if token == "background" else "background_colour", None))
+        elif any(token in words for words, _ in kinds):
+            roles.append((i, next(role for words, role in kinds if token in words), obj))
+        else:
+            obj += token == "and"
+            roles.append((i, "function", None))
+    return roles
+
+
+def _found_masks(prompt: str, image) -> list[np.ndarray] | None:
+    """The judge's mask of each object the prompt names, in its order; None when the image does not
+    show them one for one (another count, or two-object colours not found once each)."""
+    asked, found = world.parse_caption(prompt).objects, judge.detect(image).objects
+    if len(found) != len(asked):
+        return None
+    if len(asked) == 1:
+        return [found[0].mask]
+    masks = [[f.mask for f in found if f.colour == a.colour] for a in asked]
+    return [m[0] for m in masks] if all(len(m) == 1 for m in masks) else None
+
+
+def word_map_regions(pipe, prompts, seeds, steps: int = 20, guidance_scale: float = 7.5, batch_size: int = 8) -> dict:
+    """Does each word's attention map sit on the region the word is about?
+
+    Each prompt is generated with its seed under `attention.trace` (every layer, head and step, as
+    chapter 2 draws the maps); the judge finds the objects. A word's map is "on its region" when its
+    mean over that region beats its mean over each other region: an object word's own object against
+    the background (everything 2 px away from the objects) and the other object; a background word's
+    background against every object. For function, start and end tokens: how often they are heavier
+    on the objects than on the background. Images whose objects the judge does not find one for one
+    are left out ("unjudged").
+    """
+    rows, unjudged = [], 0
+    for start in range(0, len(prompts), batch_size):
+        batch, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+        with trace(pipe) as traced:
+            images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale,
+                          generator=[seeded_generator(int(s)) for s in batch_seeds]).images
+        for k, (prompt, image) in enumerate(zip(batch, images)):
+            masks = _found_masks(prompt, image)
+            if masks is None:
+                unjudged += 1
+                continue
+            maps = traced.token_maps(size=image.size[::-1], prompt_index=k).numpy()
+            background = ~ndimage.binary_dilation(np.any(masks, axis=0), iterations=2)
+            for position, role, obj in word_roles(pipe.tokenizer, prompt):
+                on_objects = [maps[position][mask].mean() for mask in masks]
+                on_background = maps[position][background].mean()
+                if obj is not None:
+                    right = on_objects[obj] > max([on_background] + on_objects[:obj] + on_objects[obj + 1 :])
+                elif role in BACKGROUND_ROLES:
+                    right = on_background > max(on_objects)
+                else:
+                    right = max(on_objects) > on_background
+                rows.append((len(masks), role, bool(right)))
+    result = {"images": len(prompts), "unjudged": unjudged}
+    for group, counts in (("one_object", {1}), ("two_objects", {2}), ("all", {1, 2})):
+        result[group] = {}
+        for role in OBJECT_ROLES + BACKGROUND_ROLES + OTHER_ROLES:
+            hits = [right for n, r, right in rows if n in counts and r == role]
+            if hits:
+                key = "on_objects" if role in OTHER_ROLES else "on_its_region"
+                result[group][role] = {"maps": len(hits), key: float(np.mean(hits))}
+    return result
 
 
 # --------------------------------------------------------------------------- adherence

@@ -86,3 +86,70 @@ def test_the_recorded_attention_carries_gradients_to_the_cross_attention_weights
     loss.backward()
     to_k = [layer.to_k.weight.grad for layer in grounding.cross_attention_layers(unet).values()]
     assert 0 < loss.item() < 1 and all(g is not None and g.abs().sum() > 0 for g in to_k)
+
+
+def test_background_words_are_grounded_on_everything_outside_the_objects_only_when_asked(tokenizer):
+    scene = two_object_scene()
+    caption = world.caption(scene)  # "... on the right, on a green background"
+    input_ids = ids_of(tokenizer, [caption])
+    tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+    background = grounding.background_tokens(tokenizer, input_ids[0].tolist())
+    assert [tokens[i] for i in background] == ["green</w>", "background</w>"]
+    assert grounding.background_tokens(tokenizer, ids_of(tokenizer, ["a red circle"])[0].tolist()) == []
+    rendered = world.render(scene).masks
+    outside = 1 - torch.from_numpy(np.stack(rendered)).float().amax(dim=0)
+    with_background = grounding.token_masks(tokenizer, input_ids, [scene], words=grounding.CONTENT_WORDS)
+    assert all(torch.equal(with_background[0, i], outside) for i in background)
+    # The colour words of the objects still go to their objects, and "a", "on", "the" to nothing.
+    objects = grounding.object_tokens(tokenizer, input_ids[0].tolist())
+    for k, positions in enumerate(objects):
+        assert all(torch.equal(with_background[0, i], torch.from_numpy(rendered[k]).float()) for i in positions)
+    named = set(background) | {i for positions in objects for i in positions}
+    assert all(with_background[0, i].sum() == 0 for i in range(77) if i not in named)
+    without = grounding.token_masks(tokenizer, input_ids, [scene])
+    assert all(without[0, i].sum() == 0 for i in background)
+
+
+def test_a_background_word_on_the_object_costs_almost_everything(tokenizer):
+    scene = world.Scene(background="blue", objects=[two_object_scene().objects[0]])
+    input_ids = ids_of(tokenizer, [world.caption(scene)])
+    mask = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(world.render(scene).masks[0]).float()[None], 16)
+    background = grounding.background_tokens(tokenizer, input_ids[0].tolist())
+    for on_object, expected in ((True, lambda loss: loss > 0.9), (False, lambda loss: loss < 0.1)):
+        probs = torch.full((1, 256, 77), 1e-6)
+        probs[0][:, background] = (mask if on_object else 1 - mask).flatten()[:, None] + 1e-6
+        loss = grounding.grounding_loss([probs], tokenizer, input_ids, [scene], words=frozenset({grounding.BACKGROUND}))
+        assert expected(loss.item()), (on_object, loss.item())
+
+
+def test_word_roles_name_each_token_and_its_object(tokenizer):
+    from sdcourse.quality import word_roles
+
+    caption = "a small red circle on the left and a blue shape on the right, on a green background"
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(caption).input_ids)
+    roles = {tokens[i].removesuffix("</w>") + f"@{i}": (role, obj) for i, role, obj in word_roles(tokenizer, caption)}
+    assert len(roles) == len(tokens)
+    assert [(r, o) for r, o in roles.values() if r not in ("function",)] == [
+        ("start", None), ("size", 0), ("colour", 0), ("shape", 0), ("position", 0), ("colour", 1), ("shape", 1),
+        ("position", 1), ("background_colour", None), ("background", None), ("end", None)]
+    assert {key.split("@")[0] for key, (role, _) in roles.items() if role == "function"} == {"a", "on", "the", "and", ","}
+
+
+def test_per_area_the_background_word_must_be_heavier_on_the_background_not_just_mostly_there(tokenizer):
+    """A map twice as heavy on the object as on the background still puts most of its attention on the
+    large background: the share-of-attention loss calls that good, the per-pixel loss does not."""
+    scene = world.Scene(background="blue", objects=[two_object_scene().objects[0]])
+    input_ids = ids_of(tokenizer, [world.caption(scene)])
+    mask = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(world.render(scene).masks[0]).float()[None], 16)
+    assert 0.1 < mask.mean() < 0.3  # the object covers a small part of the image
+    background = grounding.background_tokens(tokenizer, input_ids[0].tolist())
+    words = frozenset({grounding.BACKGROUND})
+
+    def loss(object_weight: float, per_area: bool) -> float:
+        probs = torch.full((1, 256, 77), 1e-6)
+        probs[0][:, background] = (1 + (object_weight - 1) * mask).flatten()[:, None]
+        return grounding.grounding_loss([probs], tokenizer, input_ids, [scene], words=words, per_area=per_area).item()
+
+    assert loss(2.0, per_area=False) < 0.5 < loss(2.0, per_area=True)  # heavier on the object
+    assert loss(1.0, per_area=True) == pytest.approx(0.5, abs=0.02)  # flat
+    assert loss(0.1, per_area=True) < 0.2  # on the background (cells on the edge count on both sides)

@@ -37,7 +37,7 @@ from .config import (  # noqa: F401
     vae_config,
 )
 from .data import build_dataset, more_two_object_scenes, upscale_noise_levels  # noqa: F401
-from .family import export, train  # noqa: F401
+from .family import export, start_from_shipped, train  # noqa: F401
 from .loop import Sitting, Training, run  # noqa: F401
 from .noise import epsilon_target, mirror_axis, mirrored_signal, more_high_noise, training_noise  # noqa: F401
 from .recipes import UNetRecipe, VAERecipe, Variant, recipe  # noqa: F401

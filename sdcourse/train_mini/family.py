@@ -13,7 +13,7 @@ from transformers import CLIPTextModel
 
 from .. import model_card
 from ..tokenizer import TOKENIZER_DIR
-from .config import STAGES, UNET_FOLDER, MiniTrainConfig, noise_scheduler_config
+from .config import STAGES, STARTS_FROM, UNET_FOLDER, VARIANT_IN_CHANNELS, MiniTrainConfig, noise_scheduler_config
 from .data import build_dataset
 from .loop import Sitting
 from .unet import text_encoder_dir, train_unet
@@ -56,6 +56,35 @@ def train(config: MiniTrainConfig, stages=STAGES, assets_dir: Path | None = None
     if assets_dir is not None:
         export(config, assets_dir, stages)
     return dict(seconds=timings, finished=True)
+
+
+def start_from_shipped(config: MiniTrainConfig, stage: str, assets_dir: Path):
+    """Lay out a run directory so that `stage` continues the shipped family in `assets_dir`: its VAE,
+    the UNet and text encoder of the stage `stage` starts from (the shipped text-to-image ones), and
+    every stage's log from training.json, so that the exported training.json stays whole.
+
+    The shipped weights are fp16, so the continuation starts from them rounded; nothing else differs
+    from continuing the original run.
+    """
+    assets_dir = Path(assets_dir)
+    logs = json.loads((assets_dir / "training.json").read_text())["stages"]
+    shipped = [s for s in STAGES if s in logs and s != "vae" and s not in VARIANT_IN_CHANNELS][-1]  # whose `unet/`
+    start = STARTS_FROM.get(stage)
+    if start != shipped:
+        raise ValueError(f"stage={stage!r} starts from {start!r}, but the shipped unet/ is the {shipped!r} stage's; "
+                         f"only {[s for s, f in STARTS_FROM.items() if f == shipped]} can continue it")
+    start_dir = config.path / start / "final"
+    if (start_dir / "unet").exists():
+        return  # the run already has it
+    full = dict(dtype=torch.float32)
+    AutoencoderKL.from_pretrained(assets_dir / "vae", **full).save_pretrained(config.path / "vae" / "final")
+    UNet2DConditionModel.from_pretrained(assets_dir / "unet", **full).save_pretrained(start_dir / "unet")
+    CLIPTextModel.from_pretrained(assets_dir / "text_encoder", **full).save_pretrained(start_dir / "text_encoder")
+    for name, log in logs.items():
+        log_file = config.path / name / "final" / "log.json"
+        if name != stage and not log_file.exists():
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_text(json.dumps(log))
 
 
 def export(config: MiniTrainConfig, assets_dir: Path, stages=STAGES):

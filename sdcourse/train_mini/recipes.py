@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from .. import world
+from .. import grounding, world
 from .config import VARIANT_IN_CHANNELS, MiniTrainConfig
 from .data import depth_inputs, inpaint_inputs, upscale_inputs
 
@@ -71,11 +71,13 @@ class UNetRecipe:
     mirror_min_timestep: int | None = None
     p_two_high_noise: float = 0.0
     high_noise_min_timestep: int | None = None
-    # loss terms: the weighted denoising loss, plus position grounding
+    # loss terms: the weighted denoising loss, plus grounding of some words' cross-attention (sdcourse.grounding)
     snr_gamma: float
     snr_floor: float
     grounding_weight: float = 0.0
-    grounding_min_timestep: int | None = None
+    grounding_min_timestep: int = 0
+    grounded_words: frozenset[str] = frozenset()
+    grounding_per_area: bool = False  # see grounding.grounding_loss
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then a cosine down to 10 % of `lr`."""
@@ -125,6 +127,7 @@ def layout_recipe(config: MiniTrainConfig) -> UNetRecipe:
         p_two_high_noise=config.layout_p_two_high_noise, high_noise_min_timestep=config.layout_high_noise_min_timestep,
         snr_floor=config.snr_floor,
         grounding_weight=config.layout_grounding_weight, grounding_min_timestep=config.layout_mirror_min_timestep,
+        grounded_words=grounding.POSITION_WORDS,
     )
 
 
@@ -133,10 +136,24 @@ def layout_recipe(config: MiniTrainConfig) -> UNetRecipe:
 
 
 def settle_recipe(config: MiniTrainConfig) -> UNetRecipe:
-    """The layout UNet continued on white noise, mostly on two-object scenes: the text-to-image UNet that ships."""
+    """The layout UNet continued on white noise, mostly on two-object scenes."""
     return UNetRecipe(**family(config), stage="settle", steps=config.settle_steps, lr=config.lr / 4,
                       p_mention_size=config.p_mention_size, p_mention_position=config.layout_p_mention_position,
                       p_two_objects=config.settle_p_two_objects, snr_floor=config.snr_floor)
+
+
+def words_recipe(config: MiniTrainConfig) -> UNetRecipe:
+    """The settle UNet continued as settle, with every content word's cross-attention grounded on its
+    region at every timestep: the text-to-image UNet that ships.
+
+    Each object's words on its object, "background" and its colour on the background. Without it every
+    word's map, the background's too, sat on the object.
+    """
+    return UNetRecipe(**family(config), stage="words", steps=config.words_steps, lr=config.lr / 4,
+                      p_mention_size=config.words_p_mention_size, p_mention_position=config.words_p_mention_position,
+                      p_two_objects=config.words_p_two_objects, snr_floor=config.snr_floor,
+                      grounding_weight=config.words_grounding_weight, grounded_words=grounding.CONTENT_WORDS,
+                      grounding_per_area=True)
 
 
 def variant_recipe(config: MiniTrainConfig, stage: str, variant: Variant) -> UNetRecipe:
@@ -164,7 +181,8 @@ def upscale_recipe(config: MiniTrainConfig) -> UNetRecipe:
 
 
 RECIPES = {"vae": vae_recipe, "base": base_recipe, "refine": refine_recipe, "layout": layout_recipe,
-           "settle": settle_recipe, "inpaint": inpaint_recipe, "depth": depth_recipe, "upscale": upscale_recipe}
+           "settle": settle_recipe, "inpaint": inpaint_recipe, "depth": depth_recipe, "upscale": upscale_recipe,
+           "words": words_recipe}
 
 
 def recipe(config: MiniTrainConfig, stage: str) -> VAERecipe | UNetRecipe:

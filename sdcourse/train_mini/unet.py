@@ -141,7 +141,8 @@ def unet_loss(parts: UNetParts, stage_recipe: UNetRecipe, step: int) -> tuple[to
     if stage_recipe.grounding_weight:
         attention_loss = grounding.grounding_loss(
             parts.recorder.maps, parts.tokenizer, input_ids, [parts.data["scenes"][i] for i in index],
-            samples=timesteps.cpu() >= stage_recipe.grounding_min_timestep, words=grounding.POSITION_WORDS)
+            samples=timesteps.cpu() >= stage_recipe.grounding_min_timestep, words=stage_recipe.grounded_words,
+            per_area=stage_recipe.grounding_per_area)
         loss = loss + stage_recipe.grounding_weight * attention_loss
         logged["grounding"] = attention_loss.item()
     return loss, logged
@@ -190,6 +191,9 @@ def stage_log(stage_recipe: UNetRecipe, config: MiniTrainConfig, seconds: float,
            "p_mirror": r.p_mirror, "mirror_min_timestep": r.mirror_min_timestep, "grounding_weight": r.grounding_weight,
            "p_two_objects": r.p_two_objects, "p_two_high_noise": r.p_two_high_noise,
            "high_noise_min_timestep": r.high_noise_min_timestep,
+           "grounded_words": sorted(r.grounded_words) if r.grounding_weight else [],
+           "grounding_min_timestep": r.grounding_min_timestep if r.grounding_weight else None,
+           "grounding_per_area": r.grounding_per_area,
            "final_grounding_loss": float(np.mean(grounding_losses[-200:])) if grounding_losses else None,
            "device": config.device, "text_words": list(r.learned_words)}
     return {**log, **(r.variant.log if r.variant is not None else {})}

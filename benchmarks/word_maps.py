@@ -1,0 +1,73 @@
+"""Where each word's cross-attention map sits: on the region the word is about? Writes
+benchmarks/results/word_maps.json.
+
+    python benchmarks/word_maps.py [--baseline-unet DIR]
+
+Chapter 2's maps (`attention.trace`, every layer, head and step; 20 DDIM steps, guidance 7.5) for
+one-object prompts in chapter 2's form ("a red circle on a blue background") and two-object
+captions, judged by `quality.word_map_regions`: the share of maps of each kind of word that are
+heavier on their own region (an object word's object, the background word's background) than on
+any other. "tuning": the prompts the words stage's settings were chosen on (evaluation scenes);
+"held_out": the test suite's prompts (held-out scenes, other seeds). With --baseline-unet, the same
+for another text-to-image UNet folder (e.g. an earlier mini-SD's), side by side in one run.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import UNet2DConditionModel
+
+from sdcourse import models, quality, world
+
+OUT = Path(__file__).parent / "results" / "word_maps.json"
+
+
+def prompt_sets() -> dict:
+    """name -> (prompts, seeds): the tuning prompts, and the held-out ones tests/test_attention.py uses."""
+    tuning = quality.one_object_prompts(32) + [world.caption(s) for s in quality.eval_scenes(32, two_objects=True)]
+    held_out = quality.one_object_prompts(24, seed=quality.HELDOUT_SEED)
+    held_out += [world.caption(s) for s in quality.eval_scenes(24, two_objects=True, seed=quality.HELDOUT_SEED)]
+    return {"tuning": (tuning, list(range(len(tuning)))), "held_out": (held_out, [100 + i for i in range(len(held_out))])}
+
+
+def shares(result: dict) -> dict:
+    """The measured share of each kind of word, per group (one object, two objects, all)."""
+    return {group: {role: round(v.get("on_its_region", v.get("on_objects")), 3) for role, v in result[group].items()}
+            for group in ("one_object", "two_objects", "all")}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--baseline-unet", type=Path, help="another text-to-image UNet folder, measured the same way")
+    args = parser.parse_args()
+    pipe = models.load_pipeline("mini", "text2img", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    unets = {"shipped": pipe.unet}
+    if args.baseline_unet:
+        unets["baseline"] = UNet2DConditionModel.from_pretrained(args.baseline_unet, dtype=torch.float32).eval()
+    results = {"steps": 20, "guidance_scale": 7.5, "models": {}}
+    for name, unet in unets.items():
+        pipe.unet = unet
+        results["models"][name] = {}
+        for prompts_name, (prompts, seeds) in prompt_sets().items():
+            start = time.perf_counter()
+            measured = quality.word_map_regions(pipe, prompts, seeds)
+            results["models"][name][prompts_name] = {"images": measured["images"], "unjudged": measured["unjudged"],
+                                                     **shares(measured), "detail": measured}
+            print(name, prompts_name, json.dumps(shares(measured)), f"{time.perf_counter() - start:.0f} s", flush=True)
+    if args.baseline_unet:
+        results["baseline_unet"] = str(args.baseline_unet)
+    results["environment"] = {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                              "threads": torch.get_num_threads(), "machine": platform.machine()}
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    json.dump({k: v for k, v in results.items() if k != "environment"}, sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()
