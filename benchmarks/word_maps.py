@@ -1,15 +1,16 @@
 """Where each word's cross-attention map sits: on the region the word is about? Writes
 benchmarks/results/word_maps.json.
 
-    python benchmarks/word_maps.py [--baseline-unet DIR]
+    python benchmarks/word_maps.py [--compare-unet DIR]
 
 Chapter 2's maps (`attention.trace`, every layer, head and step; 20 DDIM steps, guidance 7.5) for
 one-object prompts in chapter 2's form ("a red circle on a blue background") and two-object
 captions, judged by `quality.word_map_regions`: the share of maps of each kind of word that are
 heavier on their own region (an object word's object, the background word's background) than on
 any other. "tuning": the prompts the words stage's settings were chosen on (evaluation scenes);
-"held_out": the test suite's prompts (held-out scenes, other seeds). With --baseline-unet, the same
-for another text-to-image UNet folder (e.g. an earlier mini-SD's), side by side in one run.
+"held_out": the test suite's prompts (held-out scenes, other seeds). With --compare-unet, the same
+for another text-to-image UNet folder (e.g. the words stage's, `train-mini --stages words
+--from-shipped`), side by side in one run.
 """
 
 import argparse
@@ -44,13 +45,14 @@ def shares(result: dict) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline-unet", type=Path, help="another text-to-image UNet folder, measured the same way")
+    parser.add_argument("--compare-unet", type=Path, help="another text-to-image UNet folder, measured the same way")
+    parser.add_argument("--label", default="compared", help="its name in the results")
     args = parser.parse_args()
     pipe = models.load_pipeline("mini", "text2img", device="cpu")
     pipe.set_progress_bar_config(disable=True)
     unets = {"shipped": pipe.unet}
-    if args.baseline_unet:
-        unets["baseline"] = UNet2DConditionModel.from_pretrained(args.baseline_unet, dtype=torch.float32).eval()
+    if args.compare_unet:
+        unets[args.label] = UNet2DConditionModel.from_pretrained(args.compare_unet, dtype=torch.float32).eval()
     results = {"steps": 20, "guidance_scale": 7.5, "models": {}}
     for name, unet in unets.items():
         pipe.unet = unet
@@ -61,8 +63,8 @@ def main():
             results["models"][name][prompts_name] = {"images": measured["images"], "unjudged": measured["unjudged"],
                                                      **shares(measured), "detail": measured}
             print(name, prompts_name, json.dumps(shares(measured)), f"{time.perf_counter() - start:.0f} s", flush=True)
-    if args.baseline_unet:
-        results["baseline_unet"] = str(args.baseline_unet)
+    if args.compare_unet:
+        results["compared_unet"] = {"label": args.label, "folder": str(args.compare_unet)}
     results["environment"] = {"torch": torch.__version__, "diffusers": diffusers.__version__,
                               "threads": torch.get_num_threads(), "machine": platform.machine()}
     OUT.write_text(json.dumps(results, indent=2) + "\n")

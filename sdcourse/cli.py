@@ -97,7 +97,7 @@ def cmd_train_mini(args):
         config = train_mini.MiniTrainConfig(**json.loads(args.config.read_text()))
     overrides = {f.name: getattr(args, f.name) for f in fields(config) if getattr(args, f.name, None) is not None}
     config = train_mini.MiniTrainConfig(**{**config.__dict__, **overrides})
-    stages = tuple(args.stages.split(",")) if args.stages else train_mini.STAGES
+    stages = tuple(args.stages.split(",")) if args.stages else train_mini.FAMILY_STAGES
     unknown = set(stages) - set(train_mini.STAGES)
     if unknown:
         raise ValueError(f"--stages: unknown {sorted(unknown)}; choose from {','.join(train_mini.STAGES)}")
@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("train-mini", help="train (or resume) the mini-SD family on the shapes world")
     tm.add_argument("--config", type=Path, help="JSON file of MiniTrainConfig fields")
     tm.add_argument("--run-dir", dest="run_dir", help="checkpoints and finished stages (default runs/mini-sd)")
-    tm.add_argument("--stages", help="comma-separated subset of vae,base,refine,layout,settle,inpaint,depth,upscale,words "
-                    "(run in that order)")
+    tm.add_argument("--stages", help="comma-separated subset of vae,base,refine,layout,settle,inpaint,depth,upscale "
+                    "(the default: the shipped family, run in that order) or words (not shipped; see --from-shipped)")
     tm.add_argument("--from-shipped", action="store_true",
                     help="continue the shipped mini-SD: the run starts from its weights (e.g. --stages words)")
     tm.add_argument("--max-minutes", dest="max_minutes", type=float, help="end this sitting after this long")

@@ -36,6 +36,7 @@ from .attention import RecordingProcessor, cross_attention_layers
 OBJECT_WORDS = frozenset([*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES, *world.POSITIONS])
 POSITION_WORDS = frozenset(world.POSITIONS)  # what mini-SD's layout stage grounds
 BACKGROUND = "background"  # among `words`: ground "background" and its colour word on the background
+BACKGROUND_NOUN = "background:noun"  # among `words`: ground the word "background" alone there
 CONTENT_WORDS = OBJECT_WORDS | {BACKGROUND}  # what mini-SD's words stage grounds
 
 
@@ -56,13 +57,13 @@ def object_tokens(tokenizer, input_ids, words=OBJECT_WORDS) -> list[list[int]]:
     return [[i for i in positions if tokens[i] in words] for positions in objects if positions]
 
 
-def background_tokens(tokenizer, input_ids) -> list[int]:
-    """The token positions of "background" and of the colour word just before it, if the caption has them."""
+def background_tokens(tokenizer, input_ids, with_colour: bool = True) -> list[int]:
+    """The token positions of "background" and (`with_colour`) of the colour word just before it."""
     tokens = [token.removesuffix("</w>") for token in tokenizer.convert_ids_to_tokens(list(input_ids))]
     positions = []
     for i, token in enumerate(tokens):
         if token == BACKGROUND:
-            positions += [i - 1, i] if i > 0 and tokens[i - 1] in world.COLOURS else [i]
+            positions += [i - 1, i] if with_colour and i > 0 and tokens[i - 1] in world.COLOURS else [i]
     return positions
 
 
@@ -73,7 +74,9 @@ def token_masks(tokenizer, input_ids: torch.Tensor, scenes, words=OBJECT_WORDS) 
     masks = torch.zeros(batch, n_tokens, world.IMAGE_SIZE, world.IMAGE_SIZE)
     for b, (ids, scene) in enumerate(zip(input_ids, scenes)):
         objects = object_tokens(tokenizer, ids.tolist(), words)
-        background = background_tokens(tokenizer, ids.tolist()) if BACKGROUND in words else []
+        background = []
+        if BACKGROUND in words or BACKGROUND_NOUN in words:
+            background = background_tokens(tokenizer, ids.tolist(), with_colour=BACKGROUND in words)
         if not objects and not background:
             continue
         object_masks = torch.from_numpy(np.stack(world.render(scene).masks)).float()

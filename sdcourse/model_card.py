@@ -50,7 +50,7 @@ def card_text(assets_dir: Path, metrics: dict | None = None, bars: list | None =
     (what, measured, needed, met, why not) they are held to."""
     assets_dir = Path(assets_dir)
     training = json.loads((assets_dir / "training.json").read_text())
-    lines = [*HEADER, *training_lines(training["config"]), *stage_table(assets_dir, training), ""]
+    lines = [*HEADER, *training_lines(training["config"]), *words_lines(training), *stage_table(assets_dir, training), ""]
     missing = [s for s in VARIANT_IN_CHANNELS if not (assets_dir / UNET_FOLDER[s]).is_dir()]
     if missing:
         lines += [f"Not in this release yet: the {', '.join(missing)} variant(s).", ""]
@@ -86,7 +86,6 @@ def training_lines(config: dict) -> list[str]:
         "the few examples where only the words say which object goes",
         "where were too rare to teach it. A settle stage continues that UNet on white noise (the noise sampling starts",
         "from)" + settle,
-        *words_lines(config),
         f"All stages: {config['p_empty_caption']:.0%} empty captions (for classifier-free",
         f"guidance), batch {config['batch_size']}, AdamW lr {config['lr']}, EMA {config['ema_decay']},",
         f"min-SNR-γ loss weights (per stage below; `snr_weights` explains the x0-weight floor), offset noise "
@@ -98,17 +97,20 @@ def training_lines(config: dict) -> list[str]:
     ]
 
 
-def words_lines(config: dict) -> list[str]:
-    """The words stage, when the run had one."""
-    if not config.get("words_steps"):
+def words_lines(training: dict) -> list[str]:
+    """The words stage, when the family was continued with one."""
+    if "words" not in training["stages"]:
         return []
+    config = training["config"]
     return [
-        "A words stage continues settle's UNet on white noise, with a grounding loss "
-        f"(weight {config['words_grounding_weight']:g}) on every content word",
-        "at every timestep: each object's colour, shape, size and position words on that object, \"background\" and",
-        "its colour word on everything else, compared per pixel (a word's mean attention on its region against its",
-        "mean elsewhere). Without it every word's attention map, the background's too, sat on the object. Its UNet",
-        "is the text-to-image UNet that ships.",
+        "A words stage continues settle's UNet on white noise, with a grounding loss on every content word at every",
+        "timestep, compared per pixel (a word's mean attention on its region against its mean elsewhere): each",
+        f"object's colour, shape, size and position words on that object (weight {config['words_grounding_weight']:g}), "
+        "\"background\" and its colour word on",
+        f"everything else (weight {config['words_background_weight']:g}). Without it every word's attention map, the "
+        "background's too, sat on the object.",
+        "Its UNet is the text-to-image UNet of this folder.",
+        "",
     ]
 
 
@@ -123,7 +125,7 @@ def stage_table(assets_dir: Path, training: dict) -> list[str]:
     folders = [(stage, folder) for stage in in_order for folder in (
         ("vae",) if stage == "vae" else ("text_encoder", "unet") if stage in TEXT_STAGES else (UNET_FOLDER.get(stage, "unet"),))]
     for stage, folder in folders:
-        if not (assets_dir / folder).is_dir():
+        if not (assets_dir / folder).is_dir() or stage not in training["stages"]:
             continue
         log = training["stages"].get(stage, {})
         minutes = f"{log['seconds'] / 60:.0f}" if "seconds" in log else "?"
@@ -151,6 +153,8 @@ def loss_weighting(log: dict, config: dict) -> str:
     elif log.get("grounding_weight"):
         per_pixel = " per pixel" if log.get("grounding_per_area") else ""
         weighting += f"; every content word grounded {log['grounding_weight']:g}{per_pixel} at t ≥ {log['grounding_min_timestep']}"
+        if log.get("background_grounding_weight"):
+            weighting += f", the background's words {log['background_grounding_weight']:g}"
     if log.get("p_two_objects"):
         weighting += f"; {log['p_two_objects']:.0%} of each batch redrawn as two-object scenes"
     if log.get("p_two_high_noise"):

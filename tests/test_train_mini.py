@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 
 def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
     root, result = trained
-    assert result["finished"] and set(result["seconds"]) == set(train_mini.STAGES)
+    assert result["finished"] and set(result["seconds"]) == set(train_mini.FAMILY_STAGES)
     assets = root / "assets"
     index = json.loads((assets / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
@@ -72,16 +72,7 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert (layout["p_mirror"], layout["mirror_min_timestep"], layout["grounding_weight"]) == (0.5, 0, 0.05)
     assert 0 < layout["final_grounding_loss"] < 1
     assert all(log["p_mirror"] == 0 and log["grounding_weight"] == 0 for log in (base, refine, settle, inpaint))
-    assert layout["grounded_words"] == sorted(world.POSITIONS)
-    # The words stage continues settle's white noise, with captions that leave sizes and positions unsaid more
-    # often and every content word grounded per pixel at every timestep.
-    words = json.loads((run / "words" / "final" / "log.json").read_text())
-    assert said(words) == (0.5, 0.5, 0.2, 0.0) and words["lr"] == settle["lr"] and words["p_two_objects"] == 0.6
-    assert words["grounding_per_area"] and not layout["grounding_per_area"]
-    assert (words["grounding_weight"], words["grounding_min_timestep"], words["p_mirror"]) == (0.05, 0, 0)
-    assert set(words["grounded_words"]) == {*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES,
-                                            *world.POSITIONS, "background"}
-    assert 0 < words["final_grounding_loss"] < 1
+    assert layout["grounded_words"] == sorted(world.POSITIONS) and not layout["grounding_per_area"]
     # ... and draws more two-object scenes, more of them at high noise; settle draws more of them at every noise level.
     assert (layout["p_two_objects"], layout["p_two_high_noise"], layout["high_noise_min_timestep"]) == (0.5, 0.5, 600)
     assert (settle["p_two_objects"], settle["p_two_high_noise"]) == (0.8, 0)
@@ -95,15 +86,14 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert layout["text_words"] == list(world.POSITIONS)
     position_ids = {ids[0] for ids in load_tokenizer()(list(world.POSITIONS), add_special_tokens=False).input_ids}
     assert moved and set(moved) <= position_ids  # the words its few captions said
-    # The family ships layout's text encoder and the words stage's UNet, which moved away from settle's.
-    for folder, stage in [("text_encoder", "layout"), ("unet", "words")]:
+    # The family ships layout's text encoder and settle's UNet, which moved away from the layout stage's.
+    for folder, stage in [("text_encoder", "layout"), ("unet", "settle")]:
         shipped, trained_last = weights(root / "assets" / folder), weights(run / stage / "final" / folder)
         assert all(torch.equal(shipped[k], trained_last[k].half()) for k in shipped)
     layout_unet, settle_unet = weights(run / "layout" / "final" / "unet"), weights(run / "settle" / "final" / "unet")
-    words_unet = weights(run / "words" / "final" / "unet")
-    assert settle_unet.keys() == layout_unet.keys() == words_unet.keys()
+    assert settle_unet.keys() == layout_unet.keys()
     assert not all(torch.equal(settle_unet[k], layout_unet[k]) for k in settle_unet)
-    assert not all(torch.equal(settle_unet[k], words_unet[k]) for k in settle_unet)
+    assert not (run / "words").exists()  # not part of the family
     card = (root / "assets" / "README.md").read_text()
     assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
     assert "| layout | `unet/` UNet2DConditionModel" in card
@@ -111,11 +101,8 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
             "scenes, 50% of those at t ≥ 600 | 70% / 90% |") in card
     assert "| settle | `unet/` UNet2DConditionModel" in card
     assert "x0 weight ≥ 0.2; 80% of each batch redrawn as two-object scenes | 70% / 90% |" in card
-    assert ("| words | `unet/` UNet2DConditionModel | 3.17 M | 2 | 0 | min-SNR-5, x0 weight ≥ 0.2; every content word "
-            "grounded 0.05 per pixel at t ≥ 0; 60% of each batch redrawn as two-object scenes | 50% / 50% |") in card
-    assert card.count("redrawn as two-object") == 3  # the layout, settle and words rows
-    assert card.index("| words |") < card.index("| inpaint |")  # the text-to-image stages first
-    assert "A words stage continues settle's UNet" in card
+    assert card.count("redrawn as two-object") == 2  # the layout and settle rows
+    assert "| words |" not in card and "words stage" not in card
     upscale = json.loads((run / "upscale" / "final" / "log.json").read_text())
     assert (upscale["upscale_p_low_noise"], upscale["upscale_low_noise_max"]) == (0.5, 50)
     assert "x0 weight ≥ 0.2; low-res noise ≤ 50 in 50% | 70% / 80% |" in card  # the upscale row only
@@ -247,17 +234,13 @@ def test_upscaler_noise_levels_cover_the_whole_range_and_favour_the_pipelines_lo
 
 
 def test_a_stage_continues_the_shipped_family_and_exports_it_whole(trained, tmp_path):
-    """`--from-shipped`: the words stage starts from a shipped family whose unet/ is settle's."""
+    """`--from-shipped`: the words stage continues a shipped family (its unet/ is settle's)."""
     import shutil
 
     root, _ = trained
     shipped = tmp_path / "shipped"
     shutil.copytree(root / "assets", shipped)
-    with pytest.raises(ValueError, match="the shipped unet/ is the 'words' stage's"):
-        train_mini.start_from_shipped(tiny_config(tmp_path / "run0"), "words", shipped)
     training = json.loads((shipped / "training.json").read_text())
-    del training["stages"]["words"]  # a family from before the words stage
-    (shipped / "training.json").write_text(json.dumps(training))
     with pytest.raises(ValueError, match="'inpaint' starts from 'refine'"):
         train_mini.start_from_shipped(tiny_config(tmp_path / "run0"), "inpaint", shipped)
 
@@ -270,6 +253,18 @@ def test_a_stage_continues_the_shipped_family_and_exports_it_whole(trained, tmp_
     out = json.loads((tmp_path / "out" / "training.json").read_text())
     assert set(out["stages"]) == set(train_mini.STAGES)  # the shipped logs kept, the new stage's added
     assert out["stages"]["upscale"] == training["stages"]["upscale"]
-    assert out["stages"]["words"]["grounding_weight"] == config.words_grounding_weight
     new_unet = weights(tmp_path / "out" / "unet")
     assert not all(torch.equal(new_unet[k], v) for k, v in weights(shipped / "unet").items())
+    # The words stage continues settle's white noise with every content word grounded per pixel at every
+    # timestep, the word "background" once more with a weight of its own.
+    settle, words = out["stages"]["settle"], out["stages"]["words"]
+    assert (words["p_mention_size"], words["p_mention_position"]) == (0.7, 0.8) and words["p_two_objects"] == 0.6
+    assert words["lr"] == settle["lr"] and words["pyramid_noise_discount"] == 0 and words["grounding_per_area"]
+    assert (words["grounding_weight"], words["grounding_min_timestep"], words["p_mirror"]) == (0.05, 0, 0)
+    assert set(words["grounded_words"]) == {*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES,
+                                            *world.POSITIONS, "background"}
+    assert words["background_grounding_weight"] == 0.15 and 0 < words["final_background_grounding_loss"] < 1
+    assert 0 < words["final_grounding_loss"] < 1
+    # Once continued, the shipped unet/ is the words stage's: nothing continues settle from it any more.
+    with pytest.raises(ValueError, match="the shipped unet/ is the 'words' stage's"):
+        train_mini.start_from_shipped(tiny_config(tmp_path / "run2"), "words", tmp_path / "out")

@@ -14,6 +14,9 @@ and more weight on high noise); layout (text encoder frozen but for the position
 "on the left" moves the object); settle (white noise again, mostly two-object scenes: the
 text-to-image UNet that ships); and the inpaint (9 channels), depth (5) and x4 upscale (7) variants,
 each started from refine's UNet with zeroed extra input channels, as the real models were.
+A words stage, not part of the shipped family, continues settle with every content word's
+cross-attention grounded on its region; `start_from_shipped` lays out a run that continues the
+shipped family (`train-mini --stages words --from-shipped`).
 
 Stages run in order and each is resumable: `train(config)` skips finished stages and resumes an
 interrupted one from its last checkpoint. The data order and noise of step `k` depend only on
@@ -23,6 +26,7 @@ not bit-identical arithmetic. CHANGELOG.md keeps the measured history of each ch
 """
 
 from .config import (  # noqa: F401
+    FAMILY_STAGES,
     MAX_NOISE_LEVEL,
     SCALING_FACTOR,
     STAGES,

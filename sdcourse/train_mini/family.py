@@ -13,14 +13,14 @@ from transformers import CLIPTextModel
 
 from .. import model_card
 from ..tokenizer import TOKENIZER_DIR
-from .config import STAGES, STARTS_FROM, UNET_FOLDER, VARIANT_IN_CHANNELS, MiniTrainConfig, noise_scheduler_config
+from .config import FAMILY_STAGES, STAGES, STARTS_FROM, UNET_FOLDER, VARIANT_IN_CHANNELS, MiniTrainConfig, noise_scheduler_config
 from .data import build_dataset
 from .loop import Sitting
 from .unet import text_encoder_dir, train_unet
 from .vae import encode_latents, train_vae
 
 
-def train(config: MiniTrainConfig, stages=STAGES, assets_dir: Path | None = None, max_steps=None) -> dict:
+def train(config: MiniTrainConfig, stages=FAMILY_STAGES, assets_dir: Path | None = None, max_steps=None) -> dict:
     """Run or resume `stages` in order; export to `assets_dir` once all of them are finished.
 
     Returns the seconds each stage took in this sitting and whether the sitting ended early
@@ -87,7 +87,7 @@ def start_from_shipped(config: MiniTrainConfig, stage: str, assets_dir: Path):
             log_file.write_text(json.dumps(log))
 
 
-def export(config: MiniTrainConfig, assets_dir: Path, stages=STAGES):
+def export(config: MiniTrainConfig, assets_dir: Path, stages=FAMILY_STAGES):
     """Assemble the finished stages into the shipped folder (fp16 weights, diffusers layout),
     with training.json (the config and every stage's log) and a model card without measurements."""
     assets_dir = Path(assets_dir)

@@ -78,6 +78,7 @@ class UNetRecipe:
     grounding_min_timestep: int = 0
     grounded_words: frozenset[str] = frozenset()
     grounding_per_area: bool = False  # see grounding.grounding_loss
+    background_grounding_weight: float = 0.0  # the word "background" once more, on everything but the objects
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then a cosine down to 10 % of `lr`."""
@@ -143,17 +144,16 @@ def settle_recipe(config: MiniTrainConfig) -> UNetRecipe:
 
 
 def words_recipe(config: MiniTrainConfig) -> UNetRecipe:
-    """The settle UNet continued as settle, with every content word's cross-attention grounded on its
-    region at every timestep: the text-to-image UNet that ships.
-
-    Each object's words on its object, "background" and its colour on the background. Without it every
-    word's map, the background's too, sat on the object.
+    """The settle UNet continued on white noise, with every content word's cross-attention grounded on its
+    region at every timestep, per pixel: each object's words on its object, "background" and its colour on
+    the background, and the word "background" once more with a weight of its own (without it its map sat
+    on the object, as every word's does in the shipped model). Not part of the shipped family.
     """
     return UNetRecipe(**family(config), stage="words", steps=config.words_steps, lr=config.lr / 4,
-                      p_mention_size=config.words_p_mention_size, p_mention_position=config.words_p_mention_position,
+                      p_mention_size=config.p_mention_size, p_mention_position=config.p_mention_position,
                       p_two_objects=config.words_p_two_objects, snr_floor=config.snr_floor,
                       grounding_weight=config.words_grounding_weight, grounded_words=grounding.CONTENT_WORDS,
-                      grounding_per_area=True)
+                      background_grounding_weight=config.words_background_weight, grounding_per_area=True)
 
 
 def variant_recipe(config: MiniTrainConfig, stage: str, variant: Variant) -> UNetRecipe:

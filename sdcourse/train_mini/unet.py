@@ -60,7 +60,7 @@ def train_unet(config: MiniTrainConfig, stage: str, data, vae, latents, sitting:
                       two_object_scenes=two_object_scenes(data["scenes"]), device=device, seed=config.seed,
                       trains_text="text_encoder" in modules)
     processors = unet.attn_processors  # restored once the stage is finished
-    if stage_recipe.grounding_weight:
+    if stage_recipe.grounding_weight or stage_recipe.background_grounding_weight:
         parts.recorder = grounding.record_cross_attention(unet)
     training = loop.Training(stage=stage, steps=stage_recipe.steps, modules=modules, optimizer=optimizer, ema=ema,
                              learning_rate=stage_recipe.learning_rate, loss=partial(unet_loss, parts, stage_recipe))
@@ -138,13 +138,16 @@ def unet_loss(parts: UNetParts, stage_recipe: UNetRecipe, step: int) -> tuple[to
     per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=[1, 2, 3])
     loss = (per_sample * weights).mean()
     logged = {"loss": loss.item()}  # the denoising loss: comparable across stages
-    if stage_recipe.grounding_weight:
-        attention_loss = grounding.grounding_loss(
-            parts.recorder.maps, parts.tokenizer, input_ids, [parts.data["scenes"][i] for i in index],
-            samples=timesteps.cpu() >= stage_recipe.grounding_min_timestep, words=stage_recipe.grounded_words,
-            per_area=stage_recipe.grounding_per_area)
-        loss = loss + stage_recipe.grounding_weight * attention_loss
-        logged["grounding"] = attention_loss.item()
+    grounded = [(stage_recipe.grounding_weight, stage_recipe.grounded_words, "grounding"),
+                (stage_recipe.background_grounding_weight, frozenset({grounding.BACKGROUND_NOUN}), "background_grounding")]
+    for weight, words, name in grounded:
+        if weight:
+            attention_loss = grounding.grounding_loss(
+                parts.recorder.maps, parts.tokenizer, input_ids, [parts.data["scenes"][i] for i in index],
+                samples=timesteps.cpu() >= stage_recipe.grounding_min_timestep, words=words,
+                per_area=stage_recipe.grounding_per_area)
+            loss = loss + weight * attention_loss
+            logged[name] = attention_loss.item()
     return loss, logged
 
 
@@ -193,7 +196,9 @@ def stage_log(stage_recipe: UNetRecipe, config: MiniTrainConfig, seconds: float,
            "high_noise_min_timestep": r.high_noise_min_timestep,
            "grounded_words": sorted(r.grounded_words) if r.grounding_weight else [],
            "grounding_min_timestep": r.grounding_min_timestep if r.grounding_weight else None,
-           "grounding_per_area": r.grounding_per_area,
+           "grounding_per_area": r.grounding_per_area, "background_grounding_weight": r.background_grounding_weight,
+           "final_background_grounding_loss": float(np.mean(history["background_grounding"][-200:]))
+           if history.get("background_grounding") else None,
            "final_grounding_loss": float(np.mean(grounding_losses[-200:])) if grounding_losses else None,
            "device": config.device, "text_words": list(r.learned_words)}
     return {**log, **(r.variant.log if r.variant is not None else {})}
