@@ -157,7 +157,6 @@ def concept_report(pipe_before, pipe_after, **settings) -> dict:
     return {"before": before, "after": after, "class_drop": before["class"] - after["class"]}
 
 
-
 CHAPTER_STEPS = 400  # chapter 5's live runs: the fewest steps in which its LoRA with prior preservation drew the star
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from . import checks, judge, world
+from . import checks, grounding, judge, world
 from .attention import trace
 from .guidance import _check_prompts, _check_scales, _check_seeds
 from .latents import psnr_from_mse, seeded_generator
@@ -218,20 +218,23 @@ def one_object_prompts(n: int, seed: int = EVAL_SEED) -> list[str]:
 
 
 def word_roles(tokenizer, prompt: str) -> list[tuple[int, str, int | None]]:
-    """(token position, role, object index or None) for every token of `prompt`, start and end included."""
-    tokens = [t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(tokenizer(prompt).input_ids)]
-    roles, obj = [], 0
+    """(token position, role, object index or None) for every token of `prompt`, start and end included;
+    which object or background a word is about comes from `grounding`, as the trainer grounds it."""
+    ids = tokenizer(prompt).input_ids
+    tokens = [t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(ids)]
+    owner = {i: k for k, positions in enumerate(grounding.object_tokens(tokenizer, ids)) for i in positions}
+    background = grounding.background_tokens(tokenizer, ids)
     kinds = [(world.COLOURS, "colour"), ((*world.ALL_SHAPES, world.CLASS_NOUN), "shape"), (world.SIZES, "size"),
              (world.POSITIONS, "position")]
+    roles = []
     for i, token in enumerate(tokens):
         if i in (0, len(tokens) - 1):
             roles.append((i, "start" if i == 0 else "end", None))
-        elif token == "background" or (token in world.COLOURS and tokens[i + 1] == "background"):
+        elif i in background:
             roles.append((i, "background" if token == "background" else "background_colour", None))
-        elif any(token in words for words, _ in kinds):
-            roles.append((i, next(role for words, role in kinds if token in words), obj))
+        elif i in owner:
+            roles.append((i, next(role for words, role in kinds if token in words), owner[i]))
         else:
-            obj += token == "and"
             roles.append((i, "function", None))
     return roles
 
