@@ -18,10 +18,11 @@ without reading the caption (grounding every word at every timestep moved the at
 the arrangement). It works together with mirrored noisy latents and many more two-object
 examples at high noise (`train_mini.more_high_noise`); CHANGELOG.md has the measurements.
 
-The words stage that follows grounds every content word at every timestep: each object's colour,
-shape, size and position words on its object, and "background" with its colour word on the
-background (everything outside the objects). Without it the maps of the background's words sat on
-the object, as every word's did: the objects are what attention finds first.
+An optional words stage (`train-mini --stages words`, not shipped; CHANGELOG.md says why) grounds every
+content word at every timestep: each object's colour, shape, size and position words on its object, and
+"background" with its colour word on the background (everything outside the objects). It compares a
+word's attention region by region, as `quality.word_map_regions` judges the maps: its own region against
+each other object and against the background.
 """
 
 from __future__ import annotations
@@ -67,11 +68,18 @@ def background_tokens(tokenizer, input_ids, with_colour: bool = True) -> list[in
     return positions
 
 
-def token_masks(tokenizer, input_ids: torch.Tensor, scenes, words=OBJECT_WORDS) -> torch.Tensor:
-    """(batch, tokens, 64, 64): each object word's object mask, the background's words (when `words`
-    has BACKGROUND) everything outside the objects, zero for every other token and empty caption."""
+def token_regions(tokenizer, input_ids: torch.Tensor, scenes, words=OBJECT_WORDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The regions of each scene and which one each token is about.
+
+    Returns (regions, owner): regions (batch, objects + 1, 64, 64) holds each object's mask, then the
+    background (everything outside the objects), empty where a scene has fewer objects; owner (batch,
+    tokens) is the region index of each grounded word (the background's words only when `words` has
+    BACKGROUND or BACKGROUND_NOUN), −1 for every other token and for empty captions.
+    """
     batch, n_tokens = input_ids.shape
-    masks = torch.zeros(batch, n_tokens, world.IMAGE_SIZE, world.IMAGE_SIZE)
+    n_objects = max((len(scene.objects) for scene in scenes), default=0)
+    regions = torch.zeros(batch, n_objects + 1, world.IMAGE_SIZE, world.IMAGE_SIZE)
+    owner = torch.full((batch, n_tokens), -1, dtype=torch.long)
     for b, (ids, scene) in enumerate(zip(input_ids, scenes)):
         objects = object_tokens(tokenizer, ids.tolist(), words)
         background = []
@@ -82,10 +90,20 @@ def token_masks(tokenizer, input_ids: torch.Tensor, scenes, words=OBJECT_WORDS) 
         object_masks = torch.from_numpy(np.stack(world.render(scene).masks)).float()
         if objects and len(objects) != len(scene.objects):
             raise ValueError(f"caption {b} names {len(objects)} objects, its scene has {len(scene.objects)}")
-        for positions, mask in zip(objects, object_masks):
-            masks[b, positions] = mask
-        masks[b, background] = 1 - object_masks.amax(dim=0)
-    return masks
+        regions[b, : len(object_masks)] = object_masks
+        regions[b, -1] = 1 - object_masks.amax(dim=0)
+        for k, positions in enumerate(objects):
+            owner[b, positions] = k
+        owner[b, background] = n_objects
+    return regions, owner
+
+
+def token_masks(tokenizer, input_ids: torch.Tensor, scenes, words=OBJECT_WORDS) -> torch.Tensor:
+    """(batch, tokens, 64, 64): each object word's object mask, the background's words (when `words`
+    has BACKGROUND) everything outside the objects, zero for every other token and empty caption."""
+    regions, owner = token_regions(tokenizer, input_ids, scenes, words)
+    masks = torch.gather(regions, 1, owner.clamp(min=0)[:, :, None, None].expand(-1, -1, *regions.shape[2:]))
+    return masks * (owner >= 0)[:, :, None, None]
 
 
 class AttentionRecorder:
@@ -114,30 +132,36 @@ def grounding_loss(maps: list[torch.Tensor], tokenizer, input_ids: torch.Tensor,
     """Mean over layers and grounded words of 1 − (the word's attention inside its region) / (all of it),
     over the batch or over the examples that `samples` (bool, per example) selects.
 
-    per_area: compare attention per pixel instead, inside / (inside + outside), each the mean over its
-    area. A word's share of attention on a large region (the background) is high even when its map is
-    heavier on the object; per pixel, the map must be heavier on its own region.
+    per_area: compare attention per pixel instead, region by region: the word's mean attention on its own
+    region against its mean on each other region (each other object, the background), the share
+    inside / (inside + other) averaged over them. A word's share of attention on a large region (the
+    background) is high even when its map is heavier on the object; and a word heavier on both objects
+    than on the background has still not said which object it is about.
     """
     losses = []
-    full_masks = token_masks(tokenizer, input_ids, scenes, words)
-    masks_by_grid = {}
+    full_regions, owner = token_regions(tokenizer, input_ids, scenes, words)
+    regions_by_grid = {}
     for attention in maps:
         grid = int(round(attention.shape[1] ** 0.5))
-        if grid not in masks_by_grid:  # the coverage of each latent cell
-            masks_by_grid[grid] = F.adaptive_avg_pool2d(full_masks, grid).flatten(2).to(attention.device)
-        masks = masks_by_grid[grid]
-        named = masks.sum(dim=2) > 0  # (batch, tokens): the object words
+        if grid not in regions_by_grid:  # the coverage of each latent cell
+            regions_by_grid[grid] = F.adaptive_avg_pool2d(full_regions, grid).flatten(2).to(attention.device)
+        regions = regions_by_grid[grid]  # (batch, regions, pixels)
+        named = (owner >= 0).to(attention.device)  # (batch, tokens): the grounded words
         if samples is not None:
             named = named & samples[:, None].to(named.device)
         if not named.any():
             continue
-        inside = torch.einsum("bpt,btp->bt", attention, masks)
+        on_region = torch.einsum("bpt,brp->brt", attention, regions)  # attention of each token on each region
+        own = owner.clamp(min=0).to(attention.device)[:, None, :]
         if per_area:
-            outside = torch.einsum("bpt,btp->bt", attention, 1 - masks) / (1 - masks).sum(dim=2).clamp(min=1e-3)
-            inside = inside / masks.sum(dim=2).clamp(min=1e-3)
-            share = inside / (inside + outside + 1e-8)
+            area = regions.sum(dim=2)  # (batch, regions)
+            means = on_region / area.clamp(min=1e-3)[:, :, None]
+            inside = means.gather(1, own)  # (batch, 1, tokens)
+            others = (area > 0)[:, :, None] & (torch.arange(regions.shape[1], device=own.device)[None, :, None] != own)
+            pairwise = inside / (inside + means + 1e-8)
+            share = (pairwise * others).sum(dim=1) / others.sum(dim=1).clamp(min=1)
         else:
-            share = inside / (attention.sum(dim=1) + 1e-8)
+            share = on_region.gather(1, own)[:, 0] / (attention.sum(dim=1) + 1e-8)
         losses.append((1 - share)[named].mean())
     if not losses:
         return torch.zeros((), device=maps[0].device if maps else "cpu")

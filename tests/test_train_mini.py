@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 
-from sdcourse import models, train_mini, world
+from sdcourse import grounding, models, train_mini, world
 from sdcourse.tokenizer import load_tokenizer
 from sdcourse.train_mini import MiniTrainConfig
 
@@ -264,6 +264,8 @@ def test_a_stage_continues_the_shipped_family_and_exports_it_whole(trained, tmp_
     assert set(words["grounded_words"]) == {*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES,
                                             *world.POSITIONS, "background"}
     assert words["background_grounding_weight"] == 0.15 and 0 < words["final_background_grounding_loss"] < 1
+    without_colour = train_mini.recipe(MiniTrainConfig(words_background_colour=False), "words")
+    assert without_colour.grounded_words == grounding.OBJECT_WORDS  # the background's colour word left alone
     assert 0 < words["final_grounding_loss"] < 1
     # Once continued, the shipped unet/ is the words stage's: nothing continues settle from it any more.
     with pytest.raises(ValueError, match="the shipped unet/ is the 'words' stage's"):

@@ -109,6 +109,7 @@ class MiniTrainConfig:
     words_steps: int = 1500
     words_grounding_weight: float = 0.05  # the objects' words
     words_background_weight: float = 0.15  # the word "background" once more: its map resisted most
+    words_background_colour: bool = True  # ground the background's colour word too, with the objects' words
     words_p_two_objects: float = 0.6
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default

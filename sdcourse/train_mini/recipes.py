@@ -152,7 +152,8 @@ def words_recipe(config: MiniTrainConfig) -> UNetRecipe:
     return UNetRecipe(**family(config), stage="words", steps=config.words_steps, lr=config.lr / 4,
                       p_mention_size=config.p_mention_size, p_mention_position=config.p_mention_position,
                       p_two_objects=config.words_p_two_objects, snr_floor=config.snr_floor,
-                      grounding_weight=config.words_grounding_weight, grounded_words=grounding.CONTENT_WORDS,
+                      grounding_weight=config.words_grounding_weight,
+                      grounded_words=grounding.CONTENT_WORDS if config.words_background_colour else grounding.OBJECT_WORDS,
                       background_grounding_weight=config.words_background_weight, grounding_per_area=True)
 
 
