@@ -140,13 +140,14 @@ def grounding_loss(maps: list[torch.Tensor], tokenizer, input_ids: torch.Tensor,
     """
     losses = []
     full_regions, owner = token_regions(tokenizer, input_ids, scenes, words)
+    grounded = (owner >= 0) & (full_regions.sum(dim=(2, 3)).gather(1, owner.clamp(min=0)) > 0)  # (batch, tokens)
     regions_by_grid = {}
     for attention in maps:
         grid = int(round(attention.shape[1] ** 0.5))
         if grid not in regions_by_grid:  # the coverage of each latent cell
             regions_by_grid[grid] = F.adaptive_avg_pool2d(full_regions, grid).flatten(2).to(attention.device)
         regions = regions_by_grid[grid]  # (batch, regions, pixels)
-        named = (owner >= 0).to(attention.device)  # (batch, tokens): the grounded words
+        named = grounded.to(attention.device)
         if samples is not None:
             named = named & samples[:, None].to(named.device)
         if not named.any():
