@@ -102,13 +102,14 @@ def words_lines(training: dict) -> list[str]:
     if "words" not in training["stages"]:
         return []
     config = training["config"]
+    background = "\"background\" and its colour word" if config.get("words_background_colour", True) else "\"background\""
     return [
         "A words stage continues settle's UNet on white noise, with a grounding loss on every content word at every",
-        "timestep, compared per pixel (a word's mean attention on its region against its mean elsewhere): each",
-        f"object's colour, shape, size and position words on that object (weight {config['words_grounding_weight']:g}), "
-        "\"background\" and its colour word on",
-        f"everything else (weight {config['words_background_weight']:g}). Without it every word's attention map, the "
-        "background's too, sat on the object.",
+        "timestep, compared region by region (a word's mean attention per pixel on its region against its mean on",
+        f"each other object and on the background): each object's colour, shape, size and position words on that "
+        f"object and {background} on everything else (weight {config['words_grounding_weight']:g}), the word",
+        f"\"background\" once more (weight {config['words_background_weight']:g}). Without it every word's attention "
+        "map, the background's too, sat on the object.",
         "Its UNet is the text-to-image UNet of this folder.",
         "",
     ]
@@ -151,7 +152,7 @@ def loss_weighting(log: dict, config: dict) -> str:
     if log.get("grounding_weight") and set(log.get("grounded_words", POSITIONS)) <= set(POSITIONS):
         weighting += f"; position grounding {log['grounding_weight']:g}"
     elif log.get("grounding_weight"):
-        per_pixel = " per pixel" if log.get("grounding_per_area") else ""
+        per_pixel = " region by region" if log.get("grounding_per_area") else ""
         weighting += f"; every content word grounded {log['grounding_weight']:g}{per_pixel} at t ≥ {log['grounding_min_timestep']}"
         if log.get("background_grounding_weight"):
             weighting += f", the background's words {log['background_grounding_weight']:g}"

@@ -145,9 +145,10 @@ def settle_recipe(config: MiniTrainConfig) -> UNetRecipe:
 
 def words_recipe(config: MiniTrainConfig) -> UNetRecipe:
     """The settle UNet continued on white noise, with every content word's cross-attention grounded on its
-    region at every timestep, per pixel: each object's words on its object, "background" and its colour on
-    the background, and the word "background" once more with a weight of its own (without it its map sat
-    on the object, as every word's does in the shipped model). Not part of the shipped family.
+    region at every timestep, region by region: each object's words on its object, "background" and (with
+    `words_background_colour`) its colour on the background, and the word "background" once more with a
+    weight of its own (without it its map sat on the object, as every word's does in the shipped model).
+    Not part of the shipped family.
     """
     return UNetRecipe(**family(config), stage="words", steps=config.words_steps, lr=config.lr / 4,
                       p_mention_size=config.p_mention_size, p_mention_position=config.p_mention_position,
