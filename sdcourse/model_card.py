@@ -101,16 +101,21 @@ def words_lines(training: dict) -> list[str]:
     """The words stage, when the family was continued with one."""
     if "words" not in training["stages"]:
         return []
-    config = training["config"]
+    config, log = training["config"], training["stages"]["words"]
     background = "\"background\" and its colour word" if config.get("words_background_colour", True) else "\"background\""
+    layers = log.get("text_layers", 0)
+    text = (f" and the text encoder's last {layers} transformer layers (its embeddings frozen: in the frozen\n"
+            "encoder a colour word's state hardly differs between an object's colour and the background's)") if layers else ""
     return [
-        "A words stage continues settle's UNet on white noise, with a grounding loss on every content word at every",
-        "timestep, compared region by region (a word's mean attention per pixel on its region against its mean on",
-        f"each other object and on the background): each object's colour, shape, size and position words on that "
-        f"object and {background} on everything else (weight {config['words_grounding_weight']:g}), the word",
+        f"A words stage continues settle's UNet{text} on white noise, with a grounding loss on every content word",
+        "at every timestep, compared region by region (a word's mean attention per pixel on its region against its",
+        "mean on each other object and on the background): each object's colour, shape, size and position words on",
+        f"that object and {background} on everything else (weight {config['words_grounding_weight']:g}), the word",
         f"\"background\" once more (weight {config['words_background_weight']:g}). Without it every word's attention "
         "map, the background's too, sat on the object.",
-        "Its UNet is the text-to-image UNet of this folder.",
+        "Its UNet and text encoder are the text-to-image ones of this folder; the variants, trained before it, read"
+        " the text encoder they were trained with, `text_encoder_variants/`." if layers
+        else "Its UNet is the text-to-image UNet of this folder.",
         "",
     ]
 
@@ -124,7 +129,8 @@ def stage_table(assets_dir: Path, training: dict) -> list[str]:
     ]
     in_order = [s for s in STAGES if s not in VARIANT_IN_CHANNELS] + list(VARIANT_IN_CHANNELS)  # text-to-image first
     folders = [(stage, folder) for stage in in_order for folder in (
-        ("vae",) if stage == "vae" else ("text_encoder", "unet") if stage in TEXT_STAGES else (UNET_FOLDER.get(stage, "unet"),))]
+        ("vae",) if stage == "vae" else ("text_encoder", "unet") if trains_text_encoder(stage, training)
+        else (UNET_FOLDER.get(stage, "unet"),))]
     for stage, folder in folders:
         if not (assets_dir / folder).is_dir() or stage not in training["stages"]:
             continue
@@ -138,6 +144,10 @@ def stage_table(assets_dir: Path, training: dict) -> list[str]:
         lines.append(f"| {stage} | `{folder}/` {what} | {count_parameters(assets_dir / folder) / 1e6:.2f} M "
                      f"| {log.get('steps', '?')} | {minutes} | {weighting} | {said} |")
     return lines
+
+
+def trains_text_encoder(stage: str, training: dict) -> bool:
+    return stage in TEXT_STAGES or bool(training["stages"].get(stage, {}).get("text_layers"))
 
 
 def loss_weighting(log: dict, config: dict) -> str:

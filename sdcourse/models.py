@@ -44,7 +44,9 @@ PIPELINE_CLASSES = {
 UNET_IN_CHANNELS = {"text2img": 4, "img2img": 4, "inpaint": 9, "depth2img": 5, "upscale": 7}
 
 MINI_DIR = Path(__file__).parent / "assets" / "mini-sd"
-# mini-SD shares its VAE and text encoder across tasks; each task has its own UNet folder.
+# mini-SD shares its VAE across tasks; each task has its own UNet folder. The variants read the text encoder
+# they were trained with (MINI_VARIANTS_TEXT_ENCODER, where the family has one), text-to-image the words stage's.
+MINI_VARIANTS_TEXT_ENCODER = "text_encoder_variants"
 MINI_UNET_FOLDERS = {
     "text2img": "unet",
     "img2img": "unet",
@@ -313,7 +315,7 @@ def load_mini(task: str, dtype: torch.dtype) -> StableDiffusionPipeline:
         )
     unet = UNet2DConditionModel.from_pretrained(unet_folder, dtype=dtype, use_safetensors=True)
     vae = AutoencoderKL.from_pretrained(MINI_DIR / "vae", dtype=dtype, use_safetensors=True)
-    text_encoder = load_mini_text_encoder(dtype)
+    text_encoder = load_mini_text_encoder(dtype, task)
     scheduler = DDIMScheduler.from_pretrained(MINI_DIR / "scheduler")
     components = dict(vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(), unet=unet)
     if task == "upscale":
@@ -331,14 +333,15 @@ def load_mini(task: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     )
 
 
-def load_mini_text_encoder(dtype: torch.dtype) -> CLIPTextModel:
-    """mini-SD's text encoder, refusing to go on with random weights: its file uses the layout of
+def load_mini_text_encoder(dtype: torch.dtype, task: str = "text2img") -> CLIPTextModel:
+    """mini-SD's text encoder for `task`, refusing to go on with random weights: its file uses the layout of
     transformers >= 5.6 (no `text_model.` prefix), which older versions skip without an error."""
     import transformers
 
-    text_encoder, info = CLIPTextModel.from_pretrained(
-        MINI_DIR / "text_encoder", dtype=dtype, use_safetensors=True, output_loading_info=True
-    )
+    folder = MINI_DIR / "text_encoder"
+    if MINI_UNET_FOLDERS[task] != "unet" and (MINI_DIR / MINI_VARIANTS_TEXT_ENCODER).is_dir():
+        folder = MINI_DIR / MINI_VARIANTS_TEXT_ENCODER
+    text_encoder, info = CLIPTextModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, output_loading_info=True)
     if info["missing_keys"]:
         raise ModelNotAvailableError(
             f"transformers {transformers.__version__} cannot read mini-SD's text encoder "

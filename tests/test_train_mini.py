@@ -31,15 +31,18 @@ def weights(folder):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The whole family trained a few steps and exported to a folder laid out like assets/mini-sd."""
+    """The shipped family trained a few steps and exported to `before_words`, laid out like assets/mini-sd; then
+    continued by the words stage and exported again to `assets`."""
     root = tmp_path_factory.mktemp("mini")
-    result = train_mini.train(tiny_config(root / "run"), assets_dir=root / "assets")
-    return root, result
+    config = tiny_config(root / "run")
+    before = train_mini.train(config, assets_dir=root / "before_words")
+    result = train_mini.train(config, stages=train_mini.STAGES, assets_dir=root / "assets")  # resumed: words only
+    return root, {**result, "seconds": {**before["seconds"], **result["seconds"]}}
 
 
 def test_every_stage_runs_and_exports_the_diffusers_layout(trained):
     root, result = trained
-    assert result["finished"] and set(result["seconds"]) == set(train_mini.FAMILY_STAGES)
+    assert result["finished"] and set(result["seconds"]) == {*train_mini.FAMILY_STAGES, "words"}
     assets = root / "assets"
     index = json.loads((assets / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
@@ -86,14 +89,19 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
     assert layout["text_words"] == list(world.POSITIONS)
     position_ids = {ids[0] for ids in load_tokenizer()(list(world.POSITIONS), add_special_tokens=False).input_ids}
     assert moved and set(moved) <= position_ids  # the words its few captions said
-    # The family ships layout's text encoder and settle's UNet, which moved away from the layout stage's.
-    for folder, stage in [("text_encoder", "layout"), ("unet", "settle")]:
-        shipped, trained_last = weights(root / "assets" / folder), weights(run / stage / "final" / folder)
-        assert all(torch.equal(shipped[k], trained_last[k].half()) for k in shipped)
+    # Exported before the words stage, the family ships layout's text encoder and settle's UNet, which moved away
+    # from the layout stage's; with it, the words stage's text encoder and UNet, and layout's text encoder for the
+    # variants, which were trained before the words stage changed it.
     layout_unet, settle_unet = weights(run / "layout" / "final" / "unet"), weights(run / "settle" / "final" / "unet")
     assert settle_unet.keys() == layout_unet.keys()
     assert not all(torch.equal(settle_unet[k], layout_unet[k]) for k in settle_unet)
-    assert not (run / "words").exists()  # not part of the family
+    for assets, folder, stage in [("before_words", "text_encoder", "layout"), ("before_words", "unet", "settle"),
+                                  ("assets", "text_encoder", "words"), ("assets", "unet", "words"),
+                                  ("assets", "text_encoder_variants", "layout")]:
+        shipped = weights(root / assets / folder)
+        trained_last = weights(run / stage / "final" / folder.removesuffix("_variants"))
+        assert all(torch.equal(shipped[k], trained_last[k].half()) for k in shipped), (assets, folder)
+    assert not (root / "before_words" / "text_encoder_variants").exists()
     card = (root / "assets" / "README.md").read_text()
     assert "| refine | `unet/` UNet2DConditionModel" in card and "x0 weight ≥ 0.2 | 70% / 80% |" in card
     assert "| layout | `unet/` UNet2DConditionModel" in card
@@ -101,8 +109,11 @@ def test_refine_layout_and_settle_continue_the_base_with_fuller_captions_the_x0_
             "scenes, 50% of those at t ≥ 600 | 70% / 90% |") in card
     assert "| settle | `unet/` UNet2DConditionModel" in card
     assert "x0 weight ≥ 0.2; 80% of each batch redrawn as two-object scenes | 70% / 90% |" in card
-    assert card.count("redrawn as two-object") == 2  # the layout and settle rows
-    assert "| words |" not in card and "words stage" not in card
+    assert card.count("redrawn as two-object") == 4  # the layout and settle rows, and the words stage's two
+    assert "| words | `text_encoder/` CLIPTextModel" in card and "| words | `unet/` UNet2DConditionModel" in card
+    assert "the text encoder's last 3 transformer layers" in card and "`text_encoder_variants/`" in card
+    before_words = (root / "before_words" / "README.md").read_text()
+    assert "| words |" not in before_words and "words stage" not in before_words
     upscale = json.loads((run / "upscale" / "final" / "log.json").read_text())
     assert (upscale["upscale_p_low_noise"], upscale["upscale_low_noise_max"]) == (0.5, 50)
     assert "x0 weight ≥ 0.2; low-res noise ≤ 50 in 50% | 70% / 80% |" in card  # the upscale row only
@@ -132,6 +143,10 @@ def test_exported_family_loads_through_load_pipeline(trained, monkeypatch, task)
     pipe = models.load_pipeline("mini", task=task, device="cpu")
     assert pipe.unet.config.in_channels == models.UNET_IN_CHANNELS[task]
     assert pipe.vae.dtype == torch.float32  # fp16 on disk, fp32 on CPU
+    # Text-to-image reads the words stage's text encoder, the variants the one they were trained with.
+    folder = "text_encoder" if task in ("text2img", "img2img") else "text_encoder_variants"
+    on_disk = weights(root / "assets" / folder)
+    assert all(torch.equal(v.half(), on_disk[k]) for k, v in pipe.text_encoder.state_dict().items() if k in on_disk)
 
 
 def test_variants_start_from_the_base_unet_with_zeroed_extra_channels():
@@ -239,7 +254,7 @@ def test_a_stage_continues_the_shipped_family_and_exports_it_whole(trained, tmp_
 
     root, _ = trained
     shipped = tmp_path / "shipped"
-    shutil.copytree(root / "assets", shipped)
+    shutil.copytree(root / "before_words", shipped)
     training = json.loads((shipped / "training.json").read_text())
     with pytest.raises(ValueError, match="'inpaint' starts from 'refine'"):
         train_mini.start_from_shipped(tiny_config(tmp_path / "run0"), "inpaint", shipped)
@@ -260,7 +275,7 @@ def test_a_stage_continues_the_shipped_family_and_exports_it_whole(trained, tmp_
     settle, words = out["stages"]["settle"], out["stages"]["words"]
     assert (words["p_mention_size"], words["p_mention_position"]) == (0.7, 0.8) and words["p_two_objects"] == 0.6
     assert words["lr"] == settle["lr"] and words["pyramid_noise_discount"] == 0 and words["grounding_per_area"]
-    assert (words["grounding_weight"], words["grounding_min_timestep"], words["p_mirror"]) == (0.05, 0, 0)
+    assert (words["grounding_weight"], words["grounding_min_timestep"], words["p_mirror"]) == (0.1, 0, 0)
     assert set(words["grounded_words"]) == {*world.COLOURS, *world.ALL_SHAPES, world.CLASS_NOUN, *world.SIZES,
                                             *world.POSITIONS, "background"}
     assert words["background_grounding_weight"] == 0.15 and 0 < words["final_background_grounding_loss"] < 1
@@ -270,3 +285,19 @@ def test_a_stage_continues_the_shipped_family_and_exports_it_whole(trained, tmp_
     # Once continued, the shipped unet/ is the words stage's: nothing continues settle from it any more.
     with pytest.raises(ValueError, match="the shipped unet/ is the 'words' stage's"):
         train_mini.start_from_shipped(tiny_config(tmp_path / "run2"), "words", tmp_path / "out")
+
+
+def test_the_words_stage_can_train_the_text_encoders_last_layers_only(trained, tmp_path):
+    """`words_text_layers`: the last layers and the final norm change, the embeddings and earlier layers
+    do not, and the exported family's text encoder is the words stage's."""
+    root, _ = trained
+    config = tiny_config(tmp_path / "run", words_text_layers=1)
+    train_mini.start_from_shipped(config, "words", root / "before_words")
+    train_mini.train(config, stages=("words",), assets_dir=tmp_path / "out")
+    before, after = weights(root / "before_words" / "text_encoder"), weights(tmp_path / "out" / "text_encoder")
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    last = len({k.split(".")[2] for k in before if k.startswith("encoder.layers.")}) - 1
+    assert changed and all(k.startswith(f"encoder.layers.{last}.") or k.startswith("final_layer_norm.") for k in changed)
+    assert EMBEDDING not in changed
+    log = json.loads((tmp_path / "out" / "training.json").read_text())["stages"]["words"]
+    assert log["text_layers"] == 1

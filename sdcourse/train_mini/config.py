@@ -8,9 +8,9 @@ from transformers import CLIPTextConfig
 # In training order; a stage's place in this tuple seeds its randomness.
 STAGES = ("vae", "base", "refine", "layout", "settle", "inpaint", "depth", "upscale", "words")
 # The shipped family. "words" continues it (`train-mini --stages words --from-shipped`) but is not shipped:
-# its background words sit on the background, at a cost elsewhere that CHANGELOG.md measures.
+# CHANGELOG.md measures what it gains and costs.
 FAMILY_STAGES = STAGES[:-1]
-TEXT_STAGES = ("base", "refine")  # train the UNet and the text encoder together; later stages freeze it
+TEXT_STAGES = ("base", "refine")  # train the UNet and the whole text encoder together; later stages freeze most of it
 STARTS_FROM = {"refine": "base", "layout": "refine", "settle": "layout", "inpaint": "refine", "depth": "refine",
                "upscale": "refine", "words": "settle"}
 VARIANT_IN_CHANNELS = {"inpaint": 9, "depth": 5, "upscale": 7}
@@ -107,10 +107,13 @@ class MiniTrainConfig:
     # The settle UNet continued with every content word's cross-attention grounded on its region (see
     # sdcourse.grounding).
     words_steps: int = 1500
-    words_grounding_weight: float = 0.05  # the objects' words
+    words_grounding_weight: float = 0.1  # the objects' words
     words_background_weight: float = 0.15  # the word "background" once more: its map resisted most
     words_background_colour: bool = True  # ground the background's colour word too, with the objects' words
     words_p_two_objects: float = 0.6
+    # Train the text encoder's last layers too: in the frozen one, a colour word's state hardly differs
+    # between "... and a yellow" (an object's) and "..., on a yellow" (the background's).
+    words_text_layers: int = 3
     checkpoint_every: int = 250
     num_threads: int = 0  # 0: torch's default
     device: str = "cpu"  # the UNet stages run the same recipe on "cuda" when one is at hand

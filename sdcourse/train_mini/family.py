@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
 from .. import model_card
+from ..models import MINI_VARIANTS_TEXT_ENCODER
 from ..tokenizer import TOKENIZER_DIR
 from .config import FAMILY_STAGES, STAGES, STARTS_FROM, UNET_FOLDER, VARIANT_IN_CHANNELS, MiniTrainConfig, noise_scheduler_config
 from .data import build_dataset
@@ -89,11 +90,19 @@ def start_from_shipped(config: MiniTrainConfig, stage: str, assets_dir: Path):
 
 def export(config: MiniTrainConfig, assets_dir: Path, stages=FAMILY_STAGES):
     """Assemble the finished stages into the shipped folder (fp16 weights, diffusers layout),
-    with training.json (the config and every stage's log) and a model card without measurements."""
+    with training.json (the config and every stage's log) and a model card without measurements.
+
+    `text_encoder/` is the last one trained among `stages`; where the words stage trained one, the variants
+    keep the one it started from, in `text_encoder_variants/`.
+    """
     assets_dir = Path(assets_dir)
     half = dict(dtype=torch.float16)
     AutoencoderKL.from_pretrained(config.path / "vae" / "final", **half).save_pretrained(assets_dir / "vae")
-    CLIPTextModel.from_pretrained(text_encoder_dir(config), **half).save_pretrained(assets_dir / "text_encoder")
+    before_words = text_encoder_dir(config, "words")
+    text_encoder = text_encoder_dir(config) if "words" in stages else before_words
+    CLIPTextModel.from_pretrained(text_encoder, **half).save_pretrained(assets_dir / "text_encoder")
+    if text_encoder != before_words:
+        CLIPTextModel.from_pretrained(before_words, **half).save_pretrained(assets_dir / MINI_VARIANTS_TEXT_ENCODER)
     if (assets_dir / "tokenizer").resolve() != TOKENIZER_DIR.resolve():
         shutil.copytree(TOKENIZER_DIR, assets_dir / "tokenizer", dirs_exist_ok=True)
     for stage in stages:

@@ -58,6 +58,7 @@ class UNetRecipe:
     # what trains: the UNet, and the text encoder (wholly, or only some words' input embeddings)
     trains_text_encoder: bool = False
     learned_words: tuple[str, ...] = ()
+    text_layers: int = 0  # train the text encoder's last layers (and its final norm), its embeddings frozen
     variant: Variant | None = None
     # data: how captions are drawn, and how many two-object scenes
     p_empty_caption: float
@@ -155,7 +156,8 @@ def words_recipe(config: MiniTrainConfig) -> UNetRecipe:
                       p_two_objects=config.words_p_two_objects, snr_floor=config.snr_floor,
                       grounding_weight=config.words_grounding_weight,
                       grounded_words=grounding.CONTENT_WORDS if config.words_background_colour else grounding.OBJECT_WORDS,
-                      background_grounding_weight=config.words_background_weight, grounding_per_area=True)
+                      background_grounding_weight=config.words_background_weight, grounding_per_area=True,
+                      text_layers=config.words_text_layers)
 
 
 def variant_recipe(config: MiniTrainConfig, stage: str, variant: Variant) -> UNetRecipe:

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from .. import grounding
-from ..text import learn_token_embeddings, word_token_ids
+from ..text import clip_text_transformer, learn_token_embeddings, word_token_ids
 from ..tokenizer import load_tokenizer
 from ..training import EMA, snr_weights
 from . import loop
@@ -100,6 +100,11 @@ def trained_modules(stage_recipe: UNetRecipe, unet, text_encoder, tokenizer) -> 
     if stage_recipe.variant is not None:
         unet = expand_conv_in(unet, stage_recipe.variant.in_channels, stage_recipe.variant.num_class_embeds)
     text_encoder.requires_grad_(False)
+    if stage_recipe.text_layers:
+        transformer = clip_text_transformer(text_encoder)
+        for module in [*transformer.encoder.layers[-stage_recipe.text_layers:], transformer.final_layer_norm]:
+            module.requires_grad_(True)
+        return {"unet": unet, "text_encoder": text_encoder}, []
     if not stage_recipe.learned_words:
         return {"unet": unet}, []
     embeddings = learn_token_embeddings(text_encoder, single_token_ids(tokenizer, stage_recipe.learned_words))
@@ -200,7 +205,7 @@ def stage_log(stage_recipe: UNetRecipe, config: MiniTrainConfig, seconds: float,
            "final_background_grounding_loss": float(np.mean(history["background_grounding"][-200:]))
            if history.get("background_grounding") else None,
            "final_grounding_loss": float(np.mean(grounding_losses[-200:])) if grounding_losses else None,
-           "device": config.device, "text_words": list(r.learned_words)}
+           "device": config.device, "text_words": list(r.learned_words), "text_layers": r.text_layers}
     return {**log, **(r.variant.log if r.variant is not None else {})}
 
 
