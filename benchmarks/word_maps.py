@@ -9,8 +9,8 @@ captions, judged by `quality.word_map_regions`: the share of maps of each kind o
 heavier on their own region (an object word's object, the background word's background) than on
 any other. "tuning": the prompts the words stage's settings were chosen on (evaluation scenes);
 "held_out": the test suite's prompts (held-out scenes, other seeds). With --compare-unet, the same
-for another text-to-image UNet folder (e.g. the words stage's, `train-mini --stages words
---from-shipped`), side by side in one run.
+for another text-to-image UNet folder (e.g. a words run's `runs/NAME/words/final/unet`) with the
+text encoder beside it where it has one, side by side in one run.
 """
 
 import argparse
@@ -23,6 +23,7 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import UNet2DConditionModel
+from transformers import CLIPTextModel
 
 from sdcourse import models, quality, world
 
@@ -50,12 +51,16 @@ def main():
     args = parser.parse_args()
     pipe = models.load_pipeline("mini", "text2img", device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    unets = {"shipped": pipe.unet}
+    compared = {"shipped": (pipe.unet, pipe.text_encoder)}
     if args.compare_unet:
-        unets[args.label] = UNet2DConditionModel.from_pretrained(args.compare_unet, dtype=torch.float32).eval()
+        text_encoder = pipe.text_encoder
+        if (args.compare_unet.parent / "text_encoder").is_dir():
+            text_encoder = CLIPTextModel.from_pretrained(args.compare_unet.parent / "text_encoder", dtype=torch.float32).eval()
+        unet = UNet2DConditionModel.from_pretrained(args.compare_unet, dtype=torch.float32).eval()
+        compared[args.label] = (unet, text_encoder)
     results = {"steps": 20, "guidance_scale": 7.5, "models": {}}
-    for name, unet in unets.items():
-        pipe.unet = unet
+    for name, (unet, text_encoder) in compared.items():
+        pipe.unet, pipe.text_encoder = unet, text_encoder
         results["models"][name] = {}
         for prompts_name, (prompts, seeds) in prompt_sets().items():
             start = time.perf_counter()
