@@ -149,7 +149,8 @@ def words_recipe(config: MiniTrainConfig) -> UNetRecipe:
     region at every timestep, region by region: each object's words on its object, "background" and (with
     `words_background_colour`) its colour on the background, and the word "background" once more with a
     weight of its own (without it its map sat on the object, as every word's does in the shipped model).
-    Not part of the shipped family.
+    With `words_text_layers`, the text encoder's last layers train too: a causal encoder has not yet seen
+    "background" when it encodes the colour word before it. Not part of the shipped family.
     """
     return UNetRecipe(**family(config), stage="words", steps=config.words_steps, lr=config.lr / 4,
                       p_mention_size=config.p_mention_size, p_mention_position=config.p_mention_position,
