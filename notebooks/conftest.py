@@ -19,6 +19,12 @@ collect_ignore = ["ja"]
 
 NEEDS = {"04_extra_conditioning.ipynb": ("inpaint", "depth2img", "upscale")}
 
+# nbval reads a kernel's output messages only once a cell has finished, and ZMQ holds about 2000 of
+# them on the way; a cell whose progress bars redraw more often than that loses its last message and
+# fails with "Timeout of 5 seconds exceeded waiting for output". The kernels inherit this: progress
+# bars redraw at most once a second.
+os.environ.setdefault("TQDM_MININTERVAL", "1")
+
 
 def uses_mini() -> bool:
     chosen = os.environ.get("SDCOURSE_MODEL", "auto")

@@ -5,6 +5,7 @@ bars on the shapes-world concept need mini-SD and are skipped until it is traine
 """
 
 import functools
+import io
 import json
 import os
 import signal
@@ -435,6 +436,26 @@ def test_the_model_learns_the_instance_images(data, tmp_path):
     base = StableDiffusionPipeline.from_pretrained(data / "tiny")
     trained = StableDiffusionPipeline.from_pretrained(result.output_dir)
     assert instance_loss(trained.unet, base) < 0.9 * instance_loss(base.unet, base)
+
+
+def test_the_progress_bar_redraws_on_its_timer_not_every_step(data, tmp_path, monkeypatch):
+    """A redraw per step floods a notebook with output messages (nbval then loses the cell's last
+    one); the loss and learning rate wait for tqdm's next timed redraw."""
+    from tqdm.std import tqdm
+
+    redraws = []
+
+    class SlowBar(tqdm):  # a timer that never fires: only forced redraws are counted
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "mininterval": 1e9, "file": io.StringIO()})
+
+        def refresh(self, *args, **kwargs):
+            redraws.append(self.n)
+            return super().refresh(*args, **kwargs)
+
+    monkeypatch.setattr(dreambooth.loop, "tqdm", SlowBar)
+    train_dreambooth(make_config(data, tmp_path, max_train_steps=6, with_prior_preservation=False), progress=True)
+    assert len(redraws) <= 2  # opening and closing the bar, not one per step
 
 
 def test_prior_loss_is_added_with_its_weight(data):

@@ -316,7 +316,8 @@ def train_loop(training: DreamBoothTraining, config: DreamBoothConfig, result: D
             result.losses.append(float(np.mean(micro_losses)))
             micro_losses = []
             bar.update(1)
-            bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{training.lr_scheduler.get_last_lr()[0]:.2g}")
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}", lr=f"{training.lr_scheduler.get_last_lr()[0]:.2g}",
+                            refresh=False)  # shown at the bar's next timed redraw, not one redraw per step
             if global_step % config.checkpointing_steps == 0 or global_step == stop < config.max_train_steps:
                 save_run_checkpoint(accelerator, config.run_path, global_step, config)
             if config.validation_prompts and global_step % config.validation_steps == 0 and accelerator.is_main_process:
