@@ -24,6 +24,10 @@ NEEDS = {"04_extra_conditioning.ipynb": ("inpaint", "depth2img", "upscale")}
 # fails with "Timeout of 5 seconds exceeded waiting for output". The kernels inherit this: progress
 # bars redraw at most once a second.
 os.environ.setdefault("TQDM_MININTERVAL", "1")
+# Chapter 5's live runs train 200 steps here instead of the chapter's 400: its cells run the same code,
+# and tests/test_dreambooth_chapter.py (the quality run) trains the chapter's own recipe and checks that
+# it learns the star and shows the drift. Set SDCOURSE_DB_STEPS to run the chapter as a learner does.
+os.environ.setdefault("SDCOURSE_DB_STEPS", "200")
 
 
 def uses_mini() -> bool:
